@@ -1,0 +1,8 @@
+"""LightningModules, the DataModule, losses and metrics of pocketbert."""
+
+from lightning_modules.classifier import TextClassifier
+from lightning_modules.datamodule import NewsDataModule
+from lightning_modules.encoders import PRESETS, EncoderSpec
+from lightning_modules.errors import PocketbertError
+
+__all__ = ["PRESETS", "EncoderSpec", "NewsDataModule", "PocketbertError", "TextClassifier"]

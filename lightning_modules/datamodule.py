@@ -1,0 +1,288 @@
+"""The DataModule: real corpora from the data dir, cleaned, split, tokenized once and cached."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+from typing_extensions import override
+
+from lightning_modules.corpus import CorpusFormat, Example, clean, limit_per_class, read_raw, stratified_split
+from lightning_modules.errors import PocketbertError
+from lightning_modules.hub import load_tokenizer
+from lightning_modules.token_cache import TokenizedTexts, tokenize, tokenizer_fingerprint
+
+DATA_DIR_ENV = "NEWS_DATA_DIR"
+SPLITS = ("train", "val", "test")
+
+
+class TokenizedDataset(Dataset[dict[str, Any]]):
+    """Examples as variable-length token ids; ``index`` lets per-example caches (teacher logits) line up."""
+
+    def __init__(self, tokens: TokenizedTexts, labels: torch.Tensor) -> None:
+        self.tokens = tokens
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.tokens.row(index), "label": self.labels[index], "index": index}
+
+
+class PadCollator:
+    """Pads a batch to its longest row (headlines are short: padding to max_length would waste 3-5x compute)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(row["input_ids"].numel() for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # (batch, seq)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = row["input_ids"].numel()
+            input_ids[i, :n] = row["input_ids"]
+            attention_mask[i, :n] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.stack([torch.as_tensor(row["label"]) for row in rows]),
+            "index": torch.tensor([row["index"] for row in rows]),
+        }
+
+
+class NewsDataModule(L.LightningDataModule):
+    """Labelled Chinese headlines from the data dir: cleaned, split, tokenized (cached on disk) and batched.
+
+    Args:
+        train_file: Training corpus, relative to ``data_dir`` unless absolute. Split stratified into train/val/test
+            by ``split_fractions`` when ``val_file`` and ``test_file`` are not given.
+        val_file: Optional validation file (same format).
+        test_file: Optional test file (same format).
+        golden_test_file: Optional golden test set; when given, ``test`` evaluates on it instead of the test split.
+        format: Corpus format: ``nlpcc_char`` (label<TAB>spaced chars), ``thucnews`` (title<TAB>class id, names in
+            ``label_names_file``), ``tnews`` (CLUE JSON lines), or generic ``csv``/``tsv`` (header row)/``jsonl``.
+        data_dir: Folder the relative paths are read from; defaults to the ``NEWS_DATA_DIR`` environment variable.
+        labels: Label whitelist, in id order. Rows with other labels are dropped and reported. Defaults to the
+            names in ``label_names_file``, else every label in the training file, sorted.
+        label_names_file: ``class.txt`` (one name a line, line i = class id i) or TNEWS's label JSON lines.
+        text_field: Text column/key for csv, tsv and jsonl.
+        label_field: Label column/key for csv, tsv and jsonl.
+        tokenizer: A WordPiece ``vocab.txt`` (relative to ``data_dir`` or absolute), a local tokenizer directory,
+            or a hub name such as ``bert-base-chinese``.
+        max_length: Longest token sequence, [CLS] and [SEP] included; longer texts are truncated.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test/predict batch size (defaults to 2x ``batch_size``).
+        num_workers: DataLoader worker processes.
+        split_seed: Seed of the stratified split and of ``limit_per_class`` sampling.
+        split_fractions: Train/val/test fractions when the corpus has no splits.
+        limit_per_class: Keep at most this many rows per class of every file (quick runs and tests).
+        cache_dir: Where tokenized data is cached; defaults to ``.cache/pocketbert`` in the working directory.
+    """
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        golden_test_file: str | None = None,
+        format: CorpusFormat = "nlpcc_char",
+        data_dir: Path | None = None,
+        labels: list[str] | None = None,
+        label_names_file: str | None = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        split_seed: int = 42,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        limit_per_class: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        if max_length < 8:
+            raise PocketbertError(f"max_length must be at least 8, got {max_length}")
+        if batch_size < 1:
+            raise PocketbertError(f"batch_size must be positive, got {batch_size}")
+        if (val_file is None) != (test_file is None):
+            raise PocketbertError("give both val_file and test_file, or neither (then train_file is split 70/15/15)")
+        # The model records the resolved tokenizer path (linked); the raw spec here would clash with it.
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.files: dict[str, str | None] = {"train": train_file, "val": val_file, "test": test_file}
+        self.golden_test_file = golden_test_file
+        self.corpus_format = format
+        self.data_dir = data_dir
+        self.whitelist = labels
+        self.label_names_file = label_names_file
+        self.text_field, self.label_field = text_field, label_field
+        self.tokenizer_spec = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = num_workers
+        self.split_seed = split_seed
+        self.split_fractions = split_fractions
+        self.limit = limit_per_class
+        self.cache_dir = cache_dir if cache_dir is not None else Path(".cache/pocketbert")
+        self.datasets: dict[str, TokenizedDataset] = {}
+        self.texts: dict[str, list[str]] = {}
+
+    # ---- paths -------------------------------------------------------------------------------------------------
+    def resolve(self, name: str) -> Path:
+        """``name`` as an absolute path: as given if absolute, else under the data dir."""
+        path = Path(name).expanduser()
+        if path.is_absolute():
+            return path
+        return self.resolved_data_dir / path
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        raw = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        if not raw:
+            raise PocketbertError(
+                f"no data dir: set {DATA_DIR_ENV}=/path/to/shared/data or pass --data.init_args.data_dir PATH"
+            )
+        path = Path(raw).expanduser().resolve()
+        if not path.is_dir():
+            raise PocketbertError(f"data dir {path} does not exist; set {DATA_DIR_ENV} or --data.init_args.data_dir")
+        return path
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer as the model should load it: an absolute vocab/dir path, or a hub name."""
+        candidate = Path(self.tokenizer_spec).expanduser()
+        if candidate.is_absolute() or candidate.exists():
+            return str(candidate.resolve())
+        if self.tokenizer_spec.endswith(".txt"):
+            return str(self.resolve(self.tokenizer_spec))  # a vocab file: needs the data dir
+        if (self.data_dir or os.environ.get(DATA_DIR_ENV)) and self.resolve(self.tokenizer_spec).exists():
+            return str(self.resolve(self.tokenizer_spec))
+        return self.tokenizer_spec
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.tokenizer_path)
+
+    # ---- labels ------------------------------------------------------------------------------------------------
+    @cached_property
+    def class_file_names(self) -> list[str] | None:
+        if self.label_names_file is None:
+            return None
+        lines = [line.strip() for line in self.resolve(self.label_names_file).read_text("utf-8").splitlines()]
+        lines = [line for line in lines if line]
+        if self.corpus_format == "tnews":
+            return [json.loads(line)["label_desc"] for line in lines]
+        return lines
+
+    @cached_property
+    def label_names(self) -> list[str]:
+        """Class names in id order; travels to the model (and its checkpoint) through a CLI link."""
+        if self.whitelist is not None:
+            if len(set(self.whitelist)) != len(self.whitelist):
+                raise PocketbertError(f"labels has duplicates: {self.whitelist}")
+            return list(self.whitelist)
+        if self.class_file_names is not None:
+            return self.class_file_names
+        return sorted(self.cleaned_splits["train"][1].class_counts)
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+    def _read(self, name: str) -> tuple[list[Example], Any]:
+        path = self.resolve(name)
+        raw = read_raw(path, self.corpus_format, text_field=self.text_field, label_field=self.label_field,
+                       class_names=self.class_file_names)
+        examples, report = clean(raw, path.name, char_separated=self.corpus_format == "nlpcc_char",
+                                 whitelist=self.whitelist)
+        if self.limit is not None:
+            examples = limit_per_class(examples, self.limit, self.split_seed)
+        return examples, report
+
+    @cached_property
+    def cleaned_splits(self) -> dict[str, tuple[list[Example], Any]]:
+        """Examples and cleaning report of every split (``test`` is the golden file when one is given)."""
+        train, report = self._read(str(self.files["train"]))
+        splits: dict[str, tuple[list[Example], Any]] = {}
+        if self.files["val"] is None:
+            parts = stratified_split(train, self.split_fractions, self.split_seed)
+            splits = {name: (part, report) for name, part in zip(SPLITS, parts, strict=True)}
+        else:
+            splits["train"] = (train, report)
+            for name in ("val", "test"):
+                splits[name] = self._read(str(self.files[name]))
+        if self.golden_test_file is not None:
+            splits["test"] = self._read(self.golden_test_file)
+        return splits
+
+    # ---- Lightning hooks ---------------------------------------------------------------------------------------
+    @override
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        label_ids = {name: i for i, name in enumerate(self.label_names)}
+        seen_reports = set()
+        for split in SPLITS:
+            examples, report = self.cleaned_splits[split]
+            if id(report) not in seen_reports:
+                seen_reports.add(id(report))
+                rank_zero_info(report.summary())
+            unknown = sorted({e.label for e in examples} - set(label_ids))
+            if unknown:
+                raise PocketbertError(f"{split} data has labels {unknown} not in the label list {self.label_names}; "
+                                      "add them to --data.init_args.labels or remove those rows")
+            if not examples:
+                raise PocketbertError(f"the {split} split is empty after cleaning; check the file and the label list")
+            texts = [e.text for e in examples]
+            tokens = tokenize(texts, self.tokenizer, self.max_length, self.cache_dir,
+                              tokenizer_key=self.tokenizer_key, desc=f"tokenizing {split}")
+            source = "from cache" if tokens.from_cache else "computed"
+            rank_zero_info(f"{split}: {len(texts)} examples, tokens {source}")
+            labels = torch.tensor([label_ids[e.label] for e in examples], dtype=torch.long)
+            self.datasets[split] = TokenizedDataset(tokens, labels)
+            self.texts[split] = texts
+        missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
+        if missing:
+            raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
+
+    @cached_property
+    def tokenizer_key(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader[dict[str, Any]]:
+        if not self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=PadCollator(int(self.tokenizer.pad_token_id or 0)),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("train", shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("val", shuffle=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("test", shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("test", shuffle=False)

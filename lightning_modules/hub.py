@@ -1,0 +1,93 @@
+"""Resolving tokenizers and pretrained models from local paths or the Hugging Face Hub, failing fast offline.
+
+``from_pretrained`` on an unreachable hub retries for most of a minute before it gives up; these helpers try
+the local cache first and then probe the hub endpoint with a short timeout, so an offline run stops in seconds
+with a message that names the offline recipes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlparse
+
+from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
+
+from lightning_modules.errors import PocketbertError
+
+OFFLINE_HINT = (
+    "offline? use an offline recipe instead (e.g. `python -m recipes fit --config news16_cpu.yaml`), "
+    "or point the setting at a local directory holding the model"
+)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub endpoint accepts a TCP connection within ``timeout_s`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub(name: str, what: str) -> None:
+    """Raise a one-line :class:`PocketbertError` unless the hub can serve ``name``."""
+    if not hub_reachable():
+        raise PocketbertError(f"cannot download {what} '{name}': the Hugging Face Hub is unreachable; {OFFLINE_HINT}")
+
+
+def read_vocab_file(path: Path) -> OrderedDict[str, int]:
+    """A WordPiece ``vocab.txt`` (one token a line, id = line number) as an ordered token -> id map."""
+    with path.open(encoding="utf-8") as handle:
+        return OrderedDict((line.rstrip("\n"), index) for index, line in enumerate(handle))
+
+
+def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a vocab file, a local directory or a hub name.
+
+    A bare ``vocab.txt`` goes through ``BertTokenizer(vocab=dict)``: in transformers 5 both
+    ``BertTokenizer(vocab_file=...)`` and ``BertTokenizerFast(vocab_file=...)`` silently map every Chinese
+    character to one id.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return BertTokenizer(vocab=read_vocab_file(path))
+    if path.is_dir():
+        if not (path / "tokenizer.json").exists() and (path / "vocab.txt").exists():
+            return BertTokenizer(vocab=read_vocab_file(path / "vocab.txt"))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if str(spec).startswith((".", "/", "~")) or str(spec).endswith(".txt"):
+        raise PocketbertError(f"tokenizer path '{spec}' does not exist; check --data.tokenizer or NEWS_DATA_DIR")
+    try:
+        return AutoTokenizer.from_pretrained(str(spec), local_files_only=True, trust_remote_code=trust_remote_code)
+    except OSError:
+        pass  # not cached: needs the hub (checked outside the except block to keep the error chain short)
+    require_hub(str(spec), "tokenizer")
+    return AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
+
+
+def resolve_pretrained(name_or_path: str) -> tuple[str, bool]:
+    """``(name_or_path, local_files_only)`` for ``from_pretrained``, raising fast if the hub is needed but offline."""
+    if Path(name_or_path).is_dir():
+        return name_or_path, True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return name_or_path, True
+    except Exception:  # any cache-probe failure just means "not cached"
+        pass
+    require_hub(name_or_path, "pretrained model")
+    return name_or_path, False
+
+
+def vocab_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The tokenizer's vocabulary in id order, as written to ``vocab.txt`` for apps."""
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return [token for token, _ in by_id]

@@ -1,0 +1,98 @@
+"""Tokenization cached on disk, keyed by tokenizer, max length and the texts, so a second run skips it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+_CHUNK = 4096
+
+
+@dataclass
+class TokenizedTexts:
+    """Variable-length token ids packed flat: example i is ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    ids: torch.Tensor  # (total_tokens,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+    from_cache: bool
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def row(self, index: int) -> torch.Tensor:
+        return self.ids[self.offsets[index] : self.offsets[index + 1]]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what decides token ids: class, vocabulary and lower-casing."""
+    digest = hashlib.sha256()
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(str(getattr(tokenizer, "do_lower_case", None)).encode())
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def texts_fingerprint(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def tokenize(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: Path | None,
+    *,
+    tokenizer_key: str | None = None,
+    desc: str = "tokenizing",
+) -> TokenizedTexts:
+    """Token ids (with [CLS]/[SEP], truncated to ``max_length``) for ``texts``, from the disk cache when possible."""
+    key = hashlib.sha256(
+        f"{tokenizer_key or tokenizer_fingerprint(tokenizer)}|{max_length}|{texts_fingerprint(texts)}".encode()
+    ).hexdigest()[:24]
+    path = cache_dir / f"tokens-{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+            return TokenizedTexts(stored["ids"], stored["offsets"], from_cache=True)
+        except Exception as err:  # a corrupt cache entry is rebuilt, never trusted
+            log.warning("ignoring unreadable token cache %s (%s)", path, err)
+    lengths: list[int] = []
+    chunks: list[torch.Tensor] = []
+    for start in tqdm(range(0, len(texts), _CHUNK), desc=desc, unit="chunk", disable=len(texts) < 4 * _CHUNK):
+        encoded = tokenizer(list(texts[start : start + _CHUNK]), truncation=True, max_length=max_length)["input_ids"]
+        lengths += [len(row) for row in encoded]
+        chunks += [torch.tensor(row, dtype=torch.int32) for row in encoded]
+    ids = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int32)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    if path is not None:
+        atomic_torch_save({"ids": ids, "offsets": offsets}, path)
+    return TokenizedTexts(ids, offsets, from_cache=False)

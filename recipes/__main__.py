@@ -1,0 +1,48 @@
+"""``python -m recipes SUBCOMMAND``: run a recipe (fit, validate, test, predict) or a tool (see ``--help``)."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning_modules.errors import PocketbertError
+
+# Subcommands that are not Trainer entry points: name -> "module:function(argv) -> int".
+TOOLS: dict[str, str] = {}
+
+
+def user_error(exc: BaseException) -> PocketbertError | None:
+    """The PocketbertError behind ``exc``: jsonargparse wraps errors raised while instantiating classes."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PocketbertError):
+            return current
+        stack += [current.__cause__, current.__context__]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args and args[0] in TOOLS:
+            module_name, function_name = TOOLS[args[0]].split(":")
+            module = __import__(module_name, fromlist=[function_name])
+            return int(getattr(module, function_name)(args[1:]))
+        from recipes.cli import PocketbertCLI
+
+        PocketbertCLI(args=args)
+    except Exception as exc:
+        found = user_error(exc)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_modules import EncoderSpec, TextClassifier
+from lightning_modules.datamodule import NewsDataModule
+from lightning_modules.errors import PocketbertError
+from lightning_modules.metrics import ClassificationMetrics
+from tests.conftest import NEWS16
+
+TINY = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+def tiny_classifier(vocab_file: Path, **kwargs: object) -> TextClassifier:
+    return TextClassifier(label_names=["a", "b", "c"], tokenizer=str(vocab_file), architecture=TINY,
+                          **kwargs)  # type: ignore[arg-type]
+
+
+def test_forward_shapes_and_checkpoint_carries_labels_and_vocab(vocab_file: Path, tmp_path: Path) -> None:
+    model = tiny_classifier(vocab_file)
+    ids = torch.tensor([[101, 860, 5509, 102], [101, 3173, 102, 0]])
+    logits = model(ids, (ids != 0).long())
+    assert logits.shape == (2, 3)
+    assert model.model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    checkpoint: dict[str, object] = {}
+    model.on_save_checkpoint(checkpoint)
+    info = checkpoint["pocketbert"]
+    assert info["label_names"] == ["a", "b", "c"] and info["vocab"][101] == "[CLS]"  # type: ignore[index]
+
+
+def test_label_count_mismatch_is_an_error(vocab_file: Path) -> None:
+    with pytest.raises(PocketbertError, match="num_labels is 4 but the data has 3 labels"):
+        tiny_classifier(vocab_file, num_labels=4)
+    with pytest.raises(PocketbertError, match="label_names is empty"):
+        TextClassifier(label_names=None, tokenizer=str(vocab_file), architecture=TINY)
+
+
+def test_metrics_match_hand_computation() -> None:
+    metrics = ClassificationMetrics(3)
+    logits = torch.eye(3)[[0, 1, 2, 2]]  # predictions 0, 1, 2, 2
+    metrics.update(logits, torch.tensor([0, 1, 1, 2]))
+    values = metrics.compute()
+    assert values["acc"].item() == pytest.approx(0.75)
+    # F1: class0 1.0, class1 (p=1, r=.5) 2/3, class2 (p=.5, r=1) 2/3
+    assert values["macro_f1"].item() == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert values["confusion"].tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_tiny_fit_runs_with_finite_loss(vocab_file: Path, tmp_path: Path, precision: str) -> None:
+    """bf16-mixed on CPU is emulated (slow) here: checked for correctness on a tiny model only."""
+    L.seed_everything(0)
+    dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:3], limit_per_class=20,
+                        batch_size=8, cache_dir=tmp_path / "cache")
+    model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_epochs=1, logger=False,  # type: ignore[arg-type]
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["train_loss"].item()))
+    assert 0.0 <= trainer.callback_metrics["val_acc"].item() <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -1,0 +1,65 @@
+"""Every shipped recipe parses against the real class signatures, and has the header a user needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recipes import RECIPES_DIR
+from recipes.__main__ import main
+
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+HEADER_LINES = ("How to run:", "What must run first:")
+
+
+def subcommand_for(recipe: Path) -> str:
+    first = recipe.read_text("utf-8").splitlines()[0]
+    return "sweep" if "sweep" in first.split(":")[0] else "fit"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses_against_real_signatures(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if subcommand_for(recipe) != "fit":
+        pytest.skip("parsed by the sweep tests")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", recipe.name, "--print_config"])
+    assert info.value.code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "class_path: lightning_modules." in printed
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_has_a_comment_header(recipe: Path) -> None:
+    header = [line for line in recipe.read_text("utf-8").splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    assert header and recipe.read_text("utf-8").startswith(f"# {recipe.stem}")
+    for needed in HEADER_LINES:
+        assert needed in text, f"{recipe.name} header lacks '{needed}'"
+
+
+def test_unknown_key_and_wrong_type_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "news16_cpu.yaml", "--model.init_args.learning_rat", "0.1", "--print_config"])
+    assert info.value.code == 2
+    assert "learning_rat" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "news16_cpu.yaml", "--data.init_args.batch_size", "many", "--print_config"])
+    assert info.value.code == 2
+
+
+def test_linked_values_are_not_typed_twice() -> None:
+    for recipe in RECIPES:
+        text = recipe.read_text("utf-8")
+        model_part = text.split("\nmodel:")[1].split("\ndata:")[0] if "\nmodel:" in text else ""
+        for linked in ("max_length:", "label_names:", "tokenizer:"):
+            assert linked not in model_part, f"{recipe.name}: model.{linked} is linked from data, do not set it"
+
+
+def test_help_documents_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "lightning_modules.TextClassifier"])
+    out = capsys.readouterr().out
+    for argument in ("--model.pretrained", "--model.dropout", "--model.learning_rate", "--model.architecture"):
+        assert argument in out
+    assert "Peak AdamW learning rate" in out

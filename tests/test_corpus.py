@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_modules.corpus import Example, clean, limit_per_class, normalize_text, read_raw, stratified_split
+from lightning_modules.errors import PocketbertError
+
+
+def test_normalize_removes_nlpcc_separators_but_keeps_real_spaces() -> None:
+    assert normalize_text("在 等 i O S 1 0 ？", char_separated=True) == "在等iOS10?"  # NFKC: full-width ？ -> ?
+    assert normalize_text("i P h o n e  7", char_separated=True) == "iPhone 7"  # a double space was a real space
+    assert normalize_text("  Ｈｅｌｌｏ　世界  ") == "Hello 世界"
+
+
+def test_clean_drops_empty_duplicates_and_reports_conflicts() -> None:
+    rows = [Example("体育 新闻", "sports"), Example("  ", "sports"), Example("体育 新闻", "sports"),
+            Example("体育 新闻", "finance"), Example("股票大涨", "finance"), Example("散文一篇", "essay")]
+    kept, report = clean(rows, "x", char_separated=False, whitelist=["sports", "finance"])
+    assert [(e.text, e.label) for e in kept] == [("体育 新闻", "sports"), ("股票大涨", "finance")]
+    assert report.empty_dropped == 1 and report.duplicates_dropped == 2
+    assert report.conflicts == [("体育 新闻", ["sports", "finance"])]
+    assert report.outside_whitelist == {"essay": 1}
+    assert "1 label conflicts" in report.summary()
+
+
+def test_stratified_split_keeps_proportions_and_is_seeded() -> None:
+    rows = [Example(f"t{i}", "a" if i % 4 else "b") for i in range(400)]
+    train, val, test = stratified_split(rows, (0.7, 0.15, 0.15), seed=1)
+    assert (len(train), len(val), len(test)) == (280, 60, 60)
+    assert sum(e.label == "b" for e in val) == 15  # 100 'b' rows -> 15% in val
+    assert {e.text for e in train}.isdisjoint({e.text for e in test})
+    assert [e.text for e in stratified_split(rows, (0.7, 0.15, 0.15), seed=1)[2]] == [e.text for e in test]
+    with pytest.raises(PocketbertError, match="sum"):
+        stratified_split(rows, (0.5, 0.2, 0.2), seed=1)
+
+
+def test_limit_per_class() -> None:
+    rows = [Example(f"t{i}", str(i % 3)) for i in range(30)]
+    limited = limit_per_class(rows, 4, seed=0)
+    assert sorted(e.label for e in limited) == ["0"] * 4 + ["1"] * 4 + ["2"] * 4
+
+
+def test_real_corpora_read(data_dir: Path) -> None:
+    nlpcc = read_raw(data_dir / "nlpcc2017/headlines.char.tsv", "nlpcc_char")
+    assert len(nlpcc) == 36000 and nlpcc[0].label == "baby"
+    names = (data_dir / "thucnews/class.txt").read_text("utf-8").split()
+    thuc = read_raw(data_dir / "thucnews/test.txt", "thucnews", class_names=names)
+    assert len(thuc) == 10000 and set(e.label for e in thuc) == set(names)
+    tnews = read_raw(data_dir / "tnews/train_0.json", "tnews")
+    assert len(tnews) == 240 and all(e.label.startswith("news_") for e in tnews)
+
+
+def test_thucnews_train_reports_label_conflicts(data_dir: Path) -> None:
+    names = (data_dir / "thucnews/class.txt").read_text("utf-8").split()
+    raw = read_raw(data_dir / "thucnews/train.txt", "thucnews", class_names=names)
+    kept, report = clean(raw, "train.txt", char_separated=False, whitelist=None)
+    assert len(kept) <= len(raw) and sum(report.class_counts.values()) == len(kept)
+    # NFKC can merge titles that differed only in full/half width; conflicts are reported, never silently kept twice
+    assert len({e.text for e in kept}) == len(kept)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "kwargs"),
+    [
+        ("csv", "title,topic\n体育新闻,sports\n股票大涨,finance\n", {"text_field": "title", "label_field": "topic"}),
+        ("tsv", "text\tlabel\n体育新闻\tsports\n股票大涨\tfinance\n", {}),
+        ("jsonl", '{"t": "体育新闻", "y": "sports"}\n{"t": "股票大涨", "y": "finance"}\n',
+         {"text_field": "t", "label_field": "y"}),
+    ],
+)
+def test_generic_formats(tmp_path: Path, fmt: str, content: str, kwargs: dict[str, str]) -> None:
+    path = tmp_path / f"data.{fmt}"
+    path.write_text(content, encoding="utf-8")
+    rows = read_raw(path, fmt, **kwargs)  # type: ignore[arg-type]
+    assert [(e.text, e.label) for e in rows] == [("体育新闻", "sports"), ("股票大涨", "finance")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"sports\t\xff\xfe bad\n", "not valid UTF-8"),
+        (b"\t\xe4\xbd\x93 \xe8\x82\xb2\n", "no label"),
+        (b"just one column\n", "two tab-separated columns"),
+    ],
+)
+def test_bad_files_give_one_actionable_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(content)
+    with pytest.raises(PocketbertError, match=message) as info:
+        read_raw(path, "nlpcc_char")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(PocketbertError, match="NEWS_DATA_DIR"):
+        read_raw(tmp_path / "nope.tsv", "nlpcc_char")

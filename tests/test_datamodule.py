@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.datamodule import NewsDataModule
+from lightning_modules.errors import PocketbertError
+from tests.conftest import NEWS16
+
+
+def make_nlpcc(cache_dir: Path, **kwargs: object) -> NewsDataModule:
+    defaults: dict[str, object] = {"train_file": "nlpcc2017/headlines.char.tsv", "labels": NEWS16,
+                                   "limit_per_class": 40, "cache_dir": cache_dir, "batch_size": 8}
+    return NewsDataModule(**{**defaults, **kwargs})  # type: ignore[arg-type]
+
+
+def test_nlpcc_split_labels_and_batches(cache_dir: Path) -> None:
+    dm = make_nlpcc(cache_dir)
+    dm.setup("fit")
+    sizes = {split: len(dm.datasets[split]) for split in ("train", "val", "test")}
+    assert sizes == {"train": 16 * 28, "val": 16 * 6, "test": 16 * 6}  # 40 per class split 70/15/15
+    assert dm.label_names == NEWS16  # whitelist order = label ids; essay and story dropped
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 8
+    assert (batch["input_ids"][:, 0] == 101).all()  # [CLS]
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert lengths.max() == batch["input_ids"].shape[1]  # padded to the longest row only
+    assert all(batch["input_ids"][i, n - 1] == 102 for i, n in enumerate(lengths.tolist()))  # [SEP]
+    assert torch.unique(dm.datasets["train"].labels).numel() == 16
+
+
+def test_second_setup_reads_tokens_from_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_nlpcc(cache_dir).setup("fit")
+    second = make_nlpcc(cache_dir)
+
+    def exploding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tokenized again although the cache holds these texts")
+
+    monkeypatch.setattr(type(second.tokenizer), "__call__", exploding)
+    second.setup("fit")
+    assert all(second.datasets[s].tokens.from_cache for s in ("train", "val", "test"))
+    assert len(list(cache_dir.glob("tokens-*.pt"))) == 3
+
+
+def test_thucnews_official_splits_and_class_names(cache_dir: Path) -> None:
+    dm = NewsDataModule(train_file="thucnews/train.txt", val_file="thucnews/dev.txt", test_file="thucnews/test.txt",
+                        format="thucnews", label_names_file="thucnews/class.txt", limit_per_class=20,
+                        cache_dir=cache_dir)
+    dm.setup("fit")
+    assert dm.label_names[:3] == ["finance", "realty", "stocks"] and len(dm.label_names) == 10
+    assert len(dm.datasets["test"]) == 200 and len(dm.datasets["val"]) == 200
+
+
+def test_tnews_with_golden_test_file(cache_dir: Path) -> None:
+    dm = NewsDataModule(train_file="tnews/train_0.json", val_file="tnews/dev_0.json", test_file="tnews/dev_0.json",
+                        golden_test_file="tnews/test_public.json", format="tnews",
+                        label_names_file="tnews/label_index2en2zh.json", cache_dir=cache_dir)
+    dm.setup("test")
+    assert len(dm.label_names) == 15 and "news_story" in dm.label_names
+    assert len(dm.datasets["test"]) > 1900  # the golden file (2,010 rows less duplicates), not dev_0
+
+
+def test_whitelist_label_without_rows_is_an_error(cache_dir: Path) -> None:
+    with pytest.raises(PocketbertError, match="no training rows"):
+        make_nlpcc(cache_dir, labels=[*NEWS16, "weather"]).setup("fit")
+
+
+def test_labels_outside_whitelist_in_val_file_are_dropped_and_reported(cache_dir: Path, tmp_path: Path) -> None:
+    val = tmp_path / "val.tsv"
+    val.write_text("sports\t足 球\nweather\t下 雨\n", encoding="utf-8")
+    dm = make_nlpcc(cache_dir, val_file=str(val), test_file=str(val), labels=["sports", "weather"])
+    with pytest.raises(PocketbertError, match="weather"):
+        dm.setup("fit")  # 'weather' is whitelisted but the training file has no such rows
