@@ -166,10 +166,12 @@ def log_epoch_metrics(module: L.LightningModule, stage: str, metrics: Classifica
 
 
 def save_export_info(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """What exports need beside the weights, so they work without the data dir: labels, vocab, max length."""
+    """What exports need beside the weights (contract in ``lightning_modules.checkpoints``): labels, vocab, config."""
     checkpoint["pocketbert"] = {
         "label_names": list(module.label_names),  # type: ignore[arg-type]
         "vocab": vocab_tokens(module.tokenizer),  # type: ignore[arg-type]
         "max_length": int(module.hparams["max_length"]),
         "tokenizer": str(Path(module.hparams["tokenizer"])),
+        "hf_class": type(module.model).__name__,
+        "hf_config": module.model.config.to_dict(),  # type: ignore[union-attr, operator]
     }

@@ -64,3 +64,29 @@ def test_tiny_fit_runs_with_finite_loss(vocab_file: Path, tmp_path: Path, precis
     assert torch.isfinite(torch.tensor(trainer.callback_metrics["train_loss"].item()))
     assert 0.0 <= trainer.callback_metrics["val_acc"].item() <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_checkpoint_rebuilds_the_exportable_model(vocab_file: Path, tmp_path: Path) -> None:
+    from lightning_modules.checkpoints import load_exportable, read_checkpoint
+
+    L.seed_everything(0)
+    dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:3], limit_per_class=10,
+                        batch_size=8, cache_dir=tmp_path / "cache")
+    model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    exportable = load_exportable(path)
+    assert exportable.label_names == NEWS16[:3] and exportable.max_length == 128 and len(exportable.vocab) == 21128
+    ids = torch.tensor([[101, 860, 5509, 102]])
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(exportable.model(input_ids=ids).logits, model(ids, torch.ones_like(ids)), atol=1e-6)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(PocketbertError, match="truncated or corrupted"):
+        read_checkpoint(truncated)
+    reloaded = TextClassifier.load_from_checkpoint(path, weights_only=True)
+    assert reloaded.label_names == NEWS16[:3]

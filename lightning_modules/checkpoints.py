@@ -1,0 +1,69 @@
+"""Reading checkpoints safely and rebuilding the exportable Hugging Face model from one.
+
+Contract every pocketbert LightningModule keeps (see ``save_export_info``): the classifier that ships is an HF
+``PreTrainedModel`` under the ``model.`` prefix of the state dict, and ``checkpoint["pocketbert"]`` holds
+``label_names``, ``vocab`` (the tokens the shipped model's ids index, in id order), ``max_length``,
+``hf_class`` and ``hf_config``. Nothing else (a teacher, a token remap used only in training) is needed to export.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoConfig, PreTrainedModel
+
+from lightning_modules.encoders import EncoderSpec
+from lightning_modules.errors import PocketbertError
+
+# Plain data types our checkpoints hold in their hyperparameters; allow-listed so that every load (ours and
+# Lightning's own, e.g. resuming with --ckpt_path) can use weights_only=True instead of full unpickling.
+SAFE_GLOBALS: list[Any] = [EncoderSpec, pathlib.PosixPath, pathlib.PurePosixPath]
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line error for missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PocketbertError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise PocketbertError(f"cannot read checkpoint {path} (truncated or corrupted?): {reason}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise PocketbertError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+@dataclass
+class ExportableModel:
+    model: PreTrainedModel  # in eval mode, on CPU
+    label_names: list[str]
+    vocab: list[str]
+    max_length: int
+
+
+def load_exportable(path: str | Path) -> ExportableModel:
+    """The shipped classifier of a pocketbert checkpoint, without the LightningModule or the data dir."""
+    checkpoint = read_checkpoint(path)
+    info = checkpoint.get("pocketbert")
+    if not isinstance(info, dict) or "hf_config" not in info:
+        raise PocketbertError(f"{path} has no pocketbert export info; was it written by a pocketbert recipe?")
+    config_dict = dict(info["hf_config"])
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    model_class = getattr(transformers, info["hf_class"])
+    model: PreTrainedModel = model_class(config)
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise PocketbertError(f"{path}: weights do not fit the saved config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    return ExportableModel(model.eval(), list(info["label_names"]), list(info["vocab"]), int(info["max_length"]))
