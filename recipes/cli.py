@@ -73,6 +73,21 @@ class PocketbertCLI(LightningCLI):
         print_summary(self.trainer, dict(results[0]) if results else {}, best)
 
 
+def link_latest(run_dir: Path, best_checkpoint: str) -> None:
+    """``<run dir>/best.ckpt`` -> the best checkpoint and ``tb_logs/<name>/latest`` -> this run, so a later recipe
+    (a student distilled from this teacher) can name ``tb_logs/<name>/latest/best.ckpt``."""
+    if best_checkpoint:
+        replace_symlink(run_dir / "best.ckpt", Path(best_checkpoint).resolve())
+    replace_symlink(run_dir.parent / "latest", Path(run_dir.name))
+
+
+def replace_symlink(link: Path, target: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)  # atomic: readers see the old link or the new one, never none
+
+
 @rank_zero_only
 def print_summary(trainer: L.Trainer, metrics: dict[str, Any], best_checkpoint: str) -> None:
     """Write ``test_metrics.json`` into the run dir and print the numbers and where the files went."""
@@ -80,12 +95,13 @@ def print_summary(trainer: L.Trainer, metrics: dict[str, Any], best_checkpoint: 
     scalars = {k: float(v) for k, v in metrics.items() if "/" not in k}
     scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
     (run_dir / "test_metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
+    link_latest(run_dir, best_checkpoint)
     print(
         "\n"
         f"test accuracy {metrics.get('test_acc', float('nan')):.4f}   "
         f"macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}\n"
         f"run dir:         {run_dir}\n"
-        f"best checkpoint: {best_checkpoint or '(none)'}\n"
+        f"best checkpoint: {best_checkpoint or '(none)'}  (also {run_dir / 'best.ckpt'})\n"
         f"metrics:         {run_dir / 'test_metrics.json'}\n"
         f"TensorBoard:     tensorboard --logdir {run_dir.parent.parent}",
         flush=True,
