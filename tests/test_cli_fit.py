@@ -36,7 +36,8 @@ def test_cli_fit_on_real_slice_beats_chance(tmp_path: Path) -> None:
     assert metrics["test_acc"] > 0.6, metrics
     assert metrics["test_macro_f1"] > 0.55, metrics
     assert Path(metrics["best_checkpoint"]).is_file()
-    assert (tmp_path / "tb_logs" / "news16_cpu" / "latest" / "best.ckpt").resolve() == Path(metrics["best_checkpoint"]).resolve()
+    latest_best = tmp_path / "tb_logs" / "news16_cpu" / "latest" / "best.ckpt"
+    assert latest_best.resolve() == Path(metrics["best_checkpoint"]).resolve()
     assert (run_dir / "config.yaml").is_file() and list(run_dir.glob("events.out.tfevents.*"))
 
 
