@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
@@ -20,6 +21,10 @@ from lightning_modules.corpus import CorpusFormat, Example, clean, limit_per_cla
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
 from lightning_modules.token_cache import TokenizedTexts, tokenize, tokenizer_fingerprint
+
+# The DataModule resumes its sampler mid-epoch itself (see NewsDataModule.state_dict), so Lightning's warning that
+# the loader "is not resumable" does not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 DATA_DIR_ENV = "NEWS_DATA_DIR"
 SPLITS = ("train", "val", "test")
@@ -61,6 +66,32 @@ class PadCollator:
         }
 
 
+class ResumableSampler(Sampler[int]):
+    """Shuffles with ``seed + epoch`` (its own generator, so the global RNG that drives dropout is untouched) and
+    can start an epoch part-way through, so a run resumed mid-epoch sees exactly the batches it had left."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples already seen in it)
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
+        self.epoch = epoch
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        self._resume_at = (epoch, samples_done)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
+        self._resume_at = None
+        yield from order[skip:]
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class NewsDataModule(L.LightningDataModule):
     """Labelled Chinese headlines from the data dir: cleaned, split, tokenized (cached on disk) and batched.
 
@@ -73,8 +104,10 @@ class NewsDataModule(L.LightningDataModule):
         format: Corpus format: ``nlpcc_char`` (label<TAB>spaced chars), ``thucnews`` (title<TAB>class id, names in
             ``label_names_file``), ``tnews`` (CLUE JSON lines), or generic ``csv``/``tsv`` (header row)/``jsonl``.
         data_dir: Folder the relative paths are read from; defaults to the ``NEWS_DATA_DIR`` environment variable.
-        labels: Label whitelist, in id order. Rows with other labels are dropped and reported. Defaults to the
-            names in ``label_names_file``, else every label in the training file, sorted.
+        labels: Label whitelist, in id order. Defaults to the names in ``label_names_file``, else every label in
+            the training file, sorted.
+        unknown_labels: What to do with rows whose label is not in ``labels``: ``drop`` them (counted in the
+            cleaning report; how news16 leaves out ``essay`` and ``story``) or stop with an ``error``.
         label_names_file: ``class.txt`` (one name a line, line i = class id i) or TNEWS's label JSON lines.
         text_field: Text column/key for csv, tsv and jsonl.
         label_field: Label column/key for csv, tsv and jsonl.
@@ -99,6 +132,7 @@ class NewsDataModule(L.LightningDataModule):
         format: CorpusFormat = "nlpcc_char",
         data_dir: Path | None = None,
         labels: list[str] | None = None,
+        unknown_labels: Literal["drop", "error"] = "drop",
         label_names_file: str | None = None,
         text_field: str = "text",
         label_field: str = "label",
@@ -126,6 +160,7 @@ class NewsDataModule(L.LightningDataModule):
         self.corpus_format = format
         self.data_dir = data_dir
         self.whitelist = labels
+        self.unknown_labels = unknown_labels
         self.label_names_file = label_names_file
         self.text_field, self.label_field = text_field, label_field
         self.tokenizer_spec = tokenizer
@@ -139,6 +174,7 @@ class NewsDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir if cache_dir is not None else Path(".cache/pocketbert")
         self.datasets: dict[str, TokenizedDataset] = {}
         self.texts: dict[str, list[str]] = {}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def resolve(self, name: str) -> Path:
@@ -205,6 +241,9 @@ class NewsDataModule(L.LightningDataModule):
                        class_names=self.class_file_names)
         examples, report = clean(raw, path.name, char_separated=self.corpus_format == "nlpcc_char",
                                  whitelist=self.whitelist)
+        if self.unknown_labels == "error" and report.outside_whitelist:
+            raise PocketbertError(f"{path}: labels {sorted(report.outside_whitelist)} are not in the label list; add "
+                                  "them to data.init_args.labels or set data.init_args.unknown_labels: drop")
         if self.limit is not None:
             examples = limit_per_class(examples, self.limit, self.split_seed)
         return examples, report
@@ -259,30 +298,65 @@ class NewsDataModule(L.LightningDataModule):
     def tokenizer_key(self) -> str:
         return tokenizer_fingerprint(self.tokenizer)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[dict[str, Any]]:
+    def _loader_kwargs(self) -> dict[str, Any]:
         if not self.datasets:
             self.setup()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=PadCollator(int(self.tokenizer.pad_token_id or 0)),
-            persistent_workers=self.num_workers > 0,
-        )
+        return {
+            "num_workers": self.num_workers,
+            "collate_fn": PadCollator(int(self.tokenizer.pad_token_id or 0)),
+            "persistent_workers": self.num_workers > 0,
+            # a private generator: creating a loader iterator must not draw from the global RNG (dropout's)
+            "generator": torch.Generator().manual_seed(self.split_seed),
+        }
+
+    def _train_progress(self) -> tuple[int, int]:
+        """(epoch, batches of it trained) as Lightning counts them, for mid-epoch resume."""
+        fit_loop = self.trainer.fit_loop if self.trainer is not None else None
+        if fit_loop is None:
+            return 0, 0
+        epoch = fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]
+        batches = fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
+        return epoch, batches
 
     @override
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("train", shuffle=True)
+        kwargs = self._loader_kwargs()
+        sampler = ResumableSampler(len(self.datasets["train"]), self.split_seed)
+        if self._resume_at is not None:
+            sampler.resume(*self._resume_at)
+            self._resume_at = None
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
+
+    def eval_dataloader(self, split: str) -> DataLoader[dict[str, Any]]:
+        """An unshuffled loader over ``split`` (train, val or test)."""
+        kwargs = self._loader_kwargs()  # sets the data up first if needed
+        return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
 
     @override
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("val", shuffle=False)
+        return self.eval_dataloader("val")
 
     @override
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("test", shuffle=False)
+        return self.eval_dataloader("test")
 
     @override
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("test", shuffle=False)
+        return self.eval_dataloader("test")
+
+    # Mid-epoch resume lives here rather than in a stateful DataLoader: Lightning creates the train loader early
+    # (to estimate the scheduler's total steps) and then never hands a stateful loader its saved state, while the
+    # DataModule's state is restored before any loader exists.
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batches_done = self._train_progress()
+        # The global RNG drives dropout: restoring it makes a resumed run continue bit-for-bit.
+        return {"torch_rng_state": torch.get_rng_state(), "train_epoch": epoch,
+                "train_samples_done": batches_done * self.batch_size}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch_rng_state" in state_dict:
+            torch.set_rng_state(state_dict["torch_rng_state"])
+        if "train_epoch" in state_dict:
+            self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_samples_done"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_modules.checkpoints import read_checkpoint
+from lightning_modules.errors import PocketbertError
 from recipes import RECIPES_DIR
 
 CONFIG_FLAGS = ("--config", "-c")
@@ -51,6 +54,8 @@ class PocketbertCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # raise instead of printing usage + a multi-line message; recipes/__main__.py condenses it to one line
+            parser_kwargs={"exit_on_error": False},
             args=resolve_config_names(args),
             run=run,
             auto_configure_optimizers=False,
@@ -63,6 +68,59 @@ class PocketbertCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best checkpoint and print accuracy, macro-F1 and the run dir.")
+
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters while parsing: check the file first, so a truncated
+        # or corrupted one gives one line instead of a zip-reader traceback.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        self._check_run_dir_writable()
+        self._resolve_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
+
+    def _check_run_dir_writable(self) -> None:
+        save_dir = Path(getattr(self.trainer.logger, "save_dir", None) or self.trainer.default_root_dir)
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=save_dir):
+                pass
+        except OSError as err:
+            raise PocketbertError(f"cannot write run output to {save_dir} ({err.strerror}); pass "
+                                  "--trainer.logger.init_args.save_dir DIR with a writable folder") from None
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` means the newest ``last.ckpt`` of this recipe's earlier runs (a resumed run logs to a
+        new version dir, where Lightning itself would find nothing); any file path is checked before use."""
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is None:
+            # Checkpoints load as data, never unpickled as code (our own types are allow-listed in checkpoints.py).
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            logger = self.trainer.logger
+            runs = Path(getattr(logger, "save_dir", None) or ".") / str(getattr(logger, "name", "") or "")
+            candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            if not candidates:
+                raise PocketbertError(f"--ckpt_path last: no checkpoints/last.ckpt under {runs}/*; run fit first "
+                                      "(with a ModelCheckpoint that has save_last: true) or give a checkpoint path")
+            config["ckpt_path"] = str(candidates[-1])
+            print(f"resuming from {candidates[-1]}", flush=True)
+        elif ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+            read_checkpoint(ckpt_path)  # one-line error for a missing, truncated or corrupted file
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
