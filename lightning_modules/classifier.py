@@ -120,9 +120,7 @@ class TextClassifier(L.LightningModule):
         return {"probabilities": probabilities, "predictions": probabilities.argmax(dim=-1), "index": batch["index"]}
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: ClassificationMetrics) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"]).float()
-        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["labels"]), batch_size=len(logits), sync_dist=True)
-        metrics.update(logits, batch["labels"])
+        log_eval_step(self, stage, self(batch["input_ids"], batch["attention_mask"]), batch["labels"], metrics)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -149,15 +147,24 @@ def raise_if_not_finite(loss: torch.Tensor, step: int) -> None:
                               "or use precision 32-true")
 
 
+def log_eval_step(module: L.LightningModule, stage: str, logits: torch.Tensor, labels: torch.Tensor,
+                  metrics: ClassificationMetrics) -> None:
+    """Log ``{stage}_loss`` (cross-entropy) and accumulate the epoch metrics of one validation/test batch."""
+    logits = logits.float()
+    module.log(f"{stage}_loss", F.cross_entropy(logits, labels), batch_size=len(logits), sync_dist=True)
+    metrics.update(logits, labels)
+
+
 def log_epoch_metrics(module: L.LightningModule, stage: str, metrics: ClassificationMetrics) -> dict[str, Any]:
     """Log accuracy, macro-F1 and per-class F1 as scalars and the confusion matrix as a TensorBoard figure."""
     values = metrics.compute()
     metrics.reset()
     label_names: list[str] = module.label_names  # type: ignore[assignment]
-    module.log(f"{stage}_acc", values["acc"], prog_bar=True)
-    module.log(f"{stage}_macro_f1", values["macro_f1"], prog_bar=True)
+    # torchmetrics already synced these across ranks; sync_dist averages identical values (and keeps Lightning quiet)
+    module.log(f"{stage}_acc", values["acc"], prog_bar=True, sync_dist=True)
+    module.log(f"{stage}_macro_f1", values["macro_f1"], prog_bar=True, sync_dist=True)
     for name, f1 in zip(label_names, values["per_class_f1"], strict=True):
-        module.log(f"{stage}_f1/{name}", f1)
+        module.log(f"{stage}_f1/{name}", f1, sync_dist=True)
     if isinstance(module.logger, TensorBoardLogger) and not module.trainer.sanity_checking and module.global_rank == 0:
         title = f"{stage} confusion matrix (epoch {module.current_epoch})"
         module.logger.experiment.add_figure(f"{stage}/confusion_matrix", confusion_figure(

@@ -44,10 +44,9 @@ class PocketbertCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` over any LightningModule + DataModule a recipe names."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        if args is None:
-            args = sys.argv[1:]
-        # LightningCLI warns when given args while sys.argv also has some; ours are sys.argv's, resolved.
-        sys.argv = sys.argv[:1]
+        # The args go through sys.argv, not LightningCLI's `args`: DDP's launcher starts the other ranks by running
+        # sys.argv again, so it must hold the real command (with recipe names resolved).
+        sys.argv = [sys.argv[0], *resolve_config_names(sys.argv[1:] if args is None else args)]
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
@@ -56,7 +55,6 @@ class PocketbertCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             # raise instead of printing usage + a multi-line message; recipes/__main__.py condenses it to one line
             parser_kwargs={"exit_on_error": False},
-            args=resolve_config_names(args),
             run=run,
             auto_configure_optimizers=False,
         )
@@ -128,7 +126,8 @@ class PocketbertCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
-        print_summary(self.trainer, dict(results[0]) if results else {}, best)
+        run_dir = Path(self.trainer.log_dir or ".")  # a collective call under DDP: every rank must make it
+        print_summary(run_dir, dict(results[0]) if results else {}, best)
 
 
 def link_latest(run_dir: Path, best_checkpoint: str) -> None:
@@ -147,9 +146,8 @@ def replace_symlink(link: Path, target: Path) -> None:
 
 
 @rank_zero_only
-def print_summary(trainer: L.Trainer, metrics: dict[str, Any], best_checkpoint: str) -> None:
+def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) -> None:
     """Write ``test_metrics.json`` into the run dir and print the numbers and where the files went."""
-    run_dir = Path(trainer.log_dir or ".")
     scalars = {k: float(v) for k, v in metrics.items() if "/" not in k}
     scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
     (run_dir / "test_metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")

@@ -34,7 +34,7 @@ def write_recipe(tmp_path: Path, save_dir: Path, kill_at_step: int | None = None
     config["model"]["init_args"].update(
         architecture={"num_layers": 1, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128,
                       "max_position_embeddings": 128},
-        learning_rate=2e-3)
+        learning_rate=3e-3, warmup_ratio=0.1)
     config["data"]["init_args"].update(labels=["sports", "finance", "car", "game"], limit_per_class=60,
                                        batch_size=8, cache_dir=str(tmp_path / "cache"))
     path = tmp_path / f"recipe_{save_dir.name}.yaml"

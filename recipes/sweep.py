@@ -1,0 +1,101 @@
+"""``python -m recipes sweep --config SWEEP.yaml``: an Optuna study over a training recipe's config values.
+
+Every trial is the ``fit`` a user would run (the same CLI, the recipe plus the sweep's overrides and the trial's
+values), logged to ``<save_dir>/<study>/trial_<n>`` with its hyperparameters for TensorBoard's HParams view. The
+study lives in SQLite under the sweep folder (or any Optuna storage URL shared by workers on several machines), so
+rerunning the command continues it; a killed trial is marked FAILED by storage heartbeats and queued again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from lightning_modules.errors import PocketbertError
+from recipes.sweep_config import SweepRecipe, check_training_config, parse, resolved_config, training_args
+from recipes.sweep_report import report
+from recipes.sweep_trial import TrialFailed, objective
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_study(spec: SweepRecipe) -> optuna.Study:
+    url = spec.storage_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    beat = spec.heartbeat
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(beat.max_retry) if beat.max_retry else None
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=beat.interval,
+                                                 grace_period=beat.grace_period or 3 * beat.interval,
+                                                 heartbeat_stale_trial_callback=retry)
+    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as err:  # a bad URL or a missing driver
+        driver = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
+        raise PocketbertError(f"cannot open the study storage {url}: {str(err).strip()}{driver}; give a URL such as "
+                              "sqlite:///sweeps/study.db or postgresql://user:password@host/db") from err
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if spec.pruner.kind == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.n_startup_trials,
+                                             n_warmup_steps=spec.pruner.n_warmup_steps,
+                                             interval_steps=spec.pruner.interval_steps)
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=spec.resolved_direction,
+                                    pruner=pruner, load_if_exists=True)
+    except ValueError as err:
+        raise PocketbertError(f"study {spec.study_name} in {url}: {err}; use a new study_name") from err
+    if study.direction.name.lower() != spec.resolved_direction:
+        raise PocketbertError(f"study {spec.study_name} in {url} was created to {study.direction.name.lower()} "
+                              f"its metric, this sweep asks to {spec.resolved_direction}; use a new study_name")
+    # A resumed study must not replay the random startup trials it already ran.
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials),
+                                               n_startup_trials=spec.n_startup_trials)
+    for values in spec.enqueue:
+        study.enqueue_trial(values, skip_if_exists=True)
+    return study
+
+
+def run(spec: SweepRecipe) -> int:
+    study = open_study(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # trials of a killed worker, once their heartbeat is overdue
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    todo = max(0, spec.n_trials - finished)
+    print(f"[sweep {spec.study_name}] storage {spec.storage_url}: {finished} of {spec.n_trials} trials finished, "
+          f"running {todo}", flush=True)
+    started = time.perf_counter()
+    if todo:
+        try:
+            study.optimize(lambda trial: objective(spec, trial), n_trials=todo, catch=(TrialFailed,),
+                           callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=FINISHED)])
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the running trial is marked FAILED; rerun the same command to continue "
+                  f"{spec.study_name}", flush=True)
+            return 130
+    report(study, spec.study_dir, metric=spec.metric,
+           best_config=lambda values: resolved_config(training_args(spec, values, version=None, test_after_fit=True)),
+           elapsed=time.perf_counter() - started)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    spec, dry_run = parse(argv)
+    if dry_run:
+        check_training_config(spec)
+        print(f"sweep {spec.study_name}: {spec.n_trials} trials of {spec.recipe}, {spec.resolved_direction} "
+              f"{spec.metric}\nstorage: {spec.storage_url}\nruns: {spec.study_dir}/trial_<n>\nsearch space:")
+        for key, param in spec.search_space.items():
+            where = f"one of {param.choices}" if param.kind == "categorical" else f"[{param.low}, {param.high}]"
+            print(f"  {key}: {param.kind} {where}{' (log)' if param.log else ''}")
+        print("training config: parses at every end of the search space", flush=True)
+        return 0
+    check_training_config(spec)
+    return run(spec)
