@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import yaml
+
+from recipes.cli import recipe_path
 
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
 _KEY_NOT_EXPECTED = re.compile(r"does not accept option '([\w.]+)'")
@@ -20,10 +25,19 @@ def concise_config_error(message: str, config_files: list[str]) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     first = lines[0] if lines else message
     if first.startswith("Problems parsing config"):
+        culprit = ", ".join(config_files) or "the config"
+        for name in config_files:  # find which file is broken: jsonargparse does not say
+            try:
+                yaml.safe_load(Path(recipe_path(name)).read_text("utf-8"))
+            except yaml.YAMLError as err:
+                culprit, message = name, str(err)
+                break
+            except OSError:
+                continue
         positions = _YAML_POSITION.findall(message)
         where = f" near line {positions[-1][0]}, column {positions[-1][1]}" if positions else ""
         what = first.split(":", 1)[1].strip() if ":" in first else "invalid YAML"
-        return f"malformed YAML in {', '.join(config_files) or 'the config'}{where}: {what}; fix the YAML syntax"
+        return f"malformed YAML in {culprit}{where}: {what}; fix the YAML syntax"
     section = _PARSER_KEY.search(message)
     section_name = section.group(1) if section else ""
     if match := _NOT_ACCEPTED.search(message):
