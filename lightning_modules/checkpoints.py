@@ -34,7 +34,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
         raise PocketbertError(f"cannot read checkpoint {path} (truncated or corrupted?): {reason}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise PocketbertError(f"{path} is not a Lightning checkpoint (no state_dict)")
