@@ -71,7 +71,9 @@ def normalize_text(text: str, *, char_separated: bool = False) -> str:
 
 def _open_text(path: Path) -> list[str]:
     if not path.is_file():
-        raise PocketbertError(f"data file not found: {path}; check the data dir (NEWS_DATA_DIR or --data.init_args.data_dir)")
+        raise PocketbertError(
+            f"data file not found: {path}; check the data dir (NEWS_DATA_DIR or --data.init_args.data_dir)"
+        )
     raw = path.read_bytes()
     try:
         content = raw.decode("utf-8-sig")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from export.errors import ExportError
 from lightning_modules.errors import PocketbertError
 
 # Subcommands that are not Trainer entry points: name -> "module:function(argv) -> int".
-TOOLS: dict[str, str] = {}
+TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.export_cmd:main"}
 
 
-def user_error(exc: BaseException) -> PocketbertError | None:
+def user_error(exc: BaseException) -> PocketbertError | ExportError | None:
     """The PocketbertError behind ``exc``: jsonargparse wraps errors raised while instantiating classes."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
@@ -19,7 +21,7 @@ def user_error(exc: BaseException) -> PocketbertError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, PocketbertError):
+        if isinstance(current, PocketbertError | ExportError):  # ExportError: export/ has no project imports
             return current
         stack += [current.__cause__, current.__context__]
     return None
@@ -35,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         from recipes.cli import PocketbertCLI
 
         PocketbertCLI(args=args)
+    except argparse.ArgumentError as exc:
+        from recipes.cli import CONFIG_FLAGS
+        from recipes.config_errors import concise_config_error
+
+        configs = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in CONFIG_FLAGS]
+        print(f"error: {concise_config_error(str(exc), configs)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         found = user_error(exc)
         if found is None:

@@ -1,0 +1,96 @@
+"""Builds the :class:`export.ExportContext` a fit-end callback works on (shared helper, not a callback).
+
+The model that ships is the best checkpoint's (``trainer.checkpoint_callback.best_model_path``). Callbacks do not
+import ``lightning_modules`` (dependencies point callbacks -> export), so the checkpoint is read with plain torch:
+by the checkpoint contract the shipped Hugging Face classifier is ``pl_module.model`` and its weights sit under the
+``model.`` prefix of the state dict, with labels, vocab and max length in ``checkpoint["pocketbert"]``. The
+weights are loaded into a copy of ``pl_module.model`` (same class and config), so any classifier a recipe trains
+(teacher or distilled student) rebuilds without knowing its LightningModule.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from export import EvalSet, ExportContext, ExportError, ShippedModel, start_manifest
+
+_CACHE: weakref.WeakKeyDictionary[L.Trainer, tuple[str, ExportContext]] = weakref.WeakKeyDictionary()
+
+
+def export_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+
+
+def shipped_model(trainer: L.Trainer, pl_module: L.LightningModule) -> ShippedModel:
+    """The best checkpoint's classifier, or the final weights when no checkpoint was saved."""
+    live = getattr(pl_module, "model", None)
+    if not isinstance(live, torch.nn.Module):
+        raise ExportError(f"{type(pl_module).__name__} has no `model` attribute holding the HF classifier; export "
+                          "callbacks need the pocketbert checkpoint contract (see lightning_modules/checkpoints.py)")
+    model: Any = copy.deepcopy(live).to(device="cpu", dtype=torch.float32).eval()
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if "position_ids" not in key]
+        if missing or unexpected:
+            raise ExportError(f"{best}: the `model.` weights do not fit {type(model).__name__} (missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]})")
+        info = checkpoint.get("pocketbert")
+    else:
+        rank_zero_warn("no best checkpoint (checkpointing off?): exporting the final weights")
+        holder: dict[str, Any] = {}
+        pl_module.on_save_checkpoint(holder)
+        info = holder.get("pocketbert")
+    if not isinstance(info, dict):
+        raise ExportError(f"{best or type(pl_module).__name__} has no pocketbert export info (label names, vocab); "
+                          "was it written by a pocketbert LightningModule?")
+    return ShippedModel(model, list(info["label_names"]), list(info["vocab"]), int(info["max_length"]),
+                        source=str(best))
+
+
+def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str]]:
+    """The DataModule's real test set in the shipped model's ids (re-tokenized if the training vocab differs,
+    e.g. a student whose vocabulary was pruned), and its texts."""
+    if datamodule is None or not hasattr(datamodule, "test_dataloader"):
+        raise ExportError("export callbacks need a DataModule with a test split (the recipe's `data:` section)")
+    test_loader = datamodule.test_dataloader()  # sets the DataModule up if fit did not
+    texts: list[str] = list(getattr(datamodule, "texts", {}).get("test", []))
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    training_vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if tokenizer is not None else None
+    if training_vocab is not None and [token for token, _ in training_vocab] == shipped.vocab:
+        pad_id = int(tokenizer.pad_token_id or 0)  # type: ignore[union-attr]
+        return EvalSet.from_batches(test_loader, pad_id), texts
+    if not texts:
+        raise ExportError("the shipped model's vocab differs from the DataModule tokenizer and the test texts are "
+                          "unavailable to re-tokenize; export needs DataModule.texts['test']")
+    from export.assets import build_tokenizer
+
+    labels = [int(label) for batch in test_loader for label in batch["labels"]]
+    return EvalSet.from_texts(texts, labels, build_tokenizer(shipped.vocab), shipped.max_length), texts
+
+
+def export_context(trainer: L.Trainer, pl_module: L.LightningModule) -> ExportContext:
+    """One context per trainer and best checkpoint, shared by the fit-end callbacks of a run."""
+    best = str(getattr(trainer.checkpoint_callback, "best_model_path", "") or f"final@{trainer.global_step}")
+    cached = _CACHE.get(trainer)
+    if cached is not None and cached[0] == best:
+        return cached[1]
+    shipped = shipped_model(trainer, pl_module)
+    examples, texts = eval_set(getattr(trainer, "datamodule", None), shipped)
+    writer = trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
+    context = ExportContext(shipped, examples, export_dir(trainer), texts=texts, writer=writer,
+                            step=trainer.global_step)
+    start_manifest(context.export_dir, source_checkpoint=shipped.source, label_names=shipped.label_names,
+                max_length=shipped.max_length, parameters=shipped.num_parameters, test_examples=len(examples))
+    _CACHE[trainer] = (best, context)
+    return context

@@ -1,0 +1,95 @@
+"""Fit-end Core ML artifacts: ML Program, 8-bit weights, updatable pipeline; pre-flight conversion at fit start."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from callbacks.context import export_context
+from export import (
+    ComputeUnits,
+    DeploymentTarget,
+    ExportContext,
+    ExportError,
+    Precision,
+    UpdatableHead,
+    preflight,
+    write_coreml,
+)
+
+MIN_LENGTH = 3  # [CLS] token [SEP]
+
+
+class CoreMLExport(Callback):
+    """At fit end, write Core ML models of the best checkpoint into ``<log_dir>/export/``.
+
+    Files: ``<name>.mlpackage`` (ML Program: int32 ``input_ids``/``attention_mask`` of shape
+    (1, sequence_length) -> ``logits``; labels and tokenizer settings in its metadata), ``<name>8Bit.mlpackage``
+    (8-bit weights) and ``<name>Personalizable.mlpackage`` (a pipeline classifier: frozen encoder + updatable
+    NeuralNetwork head for ``MLUpdateTask``; its parts also as ``<name>Encoder.mlpackage`` and ``<name>Head.mlmodel``).
+
+    Args:
+        name: Model name (Xcode derives the generated Swift class from the file name).
+        sequence_length: Input length; defaults to the model's max length.
+        flexible_min_length: When set, inputs accept any length from this to ``sequence_length`` (``ct.RangeDim``).
+        minimum_deployment_target: Oldest OS the models run on (iOS16 or later: ML Programs with int32 inputs).
+        compute_units: Where Core ML may run the models.
+        compute_precision: Precision of the ML Program's weights and activations.
+        quantize_8bit: Also write the 8-bit weight-quantized model.
+        personalizable: Also write the updatable pipeline (and its encoder and head).
+        updatable_head: On-device training settings of the updatable head (default: SGD lr 0.01, batch 8, 10 epochs).
+        parity_examples: Test examples checked through the converted graph against PyTorch.
+        preflight: At fit start, trial-convert the untrained model so an unsupported op fails in seconds.
+    """
+
+    def __init__(self, name: str = "PocketBert", sequence_length: int | None = None,
+                 flexible_min_length: int | None = None, minimum_deployment_target: DeploymentTarget = "iOS17",
+                 compute_units: ComputeUnits = "ALL", compute_precision: Precision = "float16",
+                 quantize_8bit: bool = True, personalizable: bool = True, updatable_head: UpdatableHead | None = None,
+                 parity_examples: int = 128, preflight: bool = True) -> None:
+        if not name.isidentifier():
+            raise ExportError(f"CoreMLExport name must be a Swift-style identifier such as PocketBert, got {name!r}")
+        if sequence_length is not None and sequence_length < MIN_LENGTH:
+            raise ExportError(f"CoreMLExport sequence_length must be at least {MIN_LENGTH}, got {sequence_length}")
+        if flexible_min_length is not None and not MIN_LENGTH <= flexible_min_length <= (sequence_length or 10**9):
+            raise ExportError(f"CoreMLExport flexible_min_length must be in [{MIN_LENGTH}, sequence_length], got "
+                              f"{flexible_min_length}")
+        if parity_examples < 1:
+            raise ExportError(f"CoreMLExport parity_examples must be positive, got {parity_examples}")
+        self.head = updatable_head if updatable_head is not None else UpdatableHead()
+        self.head.validate()
+        self.personalizable = personalizable
+        self.name, self.sequence_length, self.flexible_min = name, sequence_length, flexible_min_length
+        self.target, self.compute_units, self.precision = minimum_deployment_target, compute_units, compute_precision
+        self.quantize_8bit, self.parity_examples, self.preflight = quantize_8bit, parity_examples, preflight
+
+    def settings(self, max_length: int) -> dict[str, object]:
+        length = self.sequence_length or max_length
+        if length > max_length:
+            raise ExportError(f"CoreMLExport sequence_length {length} exceeds the model's max length {max_length}")
+        return {"sequence_length": length, "flexible_min": self.flexible_min, "target": self.target,
+                "compute_units": self.compute_units, "precision": self.precision}
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.preflight and trainer.is_global_zero:
+            start, max_length = time.perf_counter(), int(pl_module.hparams.get("max_length", 128))
+            preflight(getattr(pl_module, "model", pl_module), max_length, "coreml",
+                      head=self.head if self.personalizable else None,
+                      **self.settings(max_length))
+            rank_zero_info(f"pre-flight: the untrained model converts to Core ML ({time.perf_counter() - start:.1f} s)")
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.interrupted:
+            self.export(export_context(trainer, pl_module))
+
+    def export(self, context: ExportContext) -> None:
+        write_coreml(context, name=self.name, quantize_8bit=self.quantize_8bit,
+                     head=self.head if self.personalizable else None,
+                     parity_examples=self.parity_examples,
+                     **self.settings(context.shipped.max_length))  # type: ignore[arg-type]

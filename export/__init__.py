@@ -1,0 +1,39 @@
+"""Plain functions that quantize, export (ONNX, Core ML, PyTorch) and benchmark a trained classifier.
+
+No Lightning and no project imports: callbacks (``callbacks/``) and ``python -m recipes export`` build an
+:class:`ExportContext` and call the ``write_*`` steps; everything written is recorded in ``export/manifest.json``.
+"""
+
+from export.benchmark import Budgets, TimingSettings
+from export.context import ExportContext, ScalarWriter
+from export.coreml import ComputeUnits, DeploymentTarget, Precision, UpdatableHead
+from export.errors import ExportError
+from export.evaluation import EvalSet
+from export.files import MANIFEST, read_manifest, start_manifest
+from export.graph import ClassifierGraph, ShippedModel, check_exportable
+from export.steps import preflight, write_app_assets, write_benchmark, write_coreml, write_onnx, write_pytorch
+
+__all__ = [
+    "MANIFEST",
+    "Budgets",
+    "ClassifierGraph",
+    "ComputeUnits",
+    "DeploymentTarget",
+    "EvalSet",
+    "ExportContext",
+    "ExportError",
+    "Precision",
+    "ScalarWriter",
+    "ShippedModel",
+    "TimingSettings",
+    "UpdatableHead",
+    "check_exportable",
+    "preflight",
+    "read_manifest",
+    "start_manifest",
+    "write_app_assets",
+    "write_benchmark",
+    "write_coreml",
+    "write_onnx",
+    "write_pytorch",
+]

@@ -1,0 +1,42 @@
+"""What every exporter receives: the shipped model, the real test set, the export folder and a metrics writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from transformers import BertTokenizer
+
+from export.assets import build_tokenizer
+from export.evaluation import EvalSet, hf_predictor, predict_all
+from export.graph import ShippedModel
+
+
+class ScalarWriter(Protocol):
+    """The part of TensorBoard's ``SummaryWriter`` the exporters use."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
+
+    def add_text(self, tag: str, text_string: str, global_step: int | None = None) -> Any: ...
+
+
+@dataclass
+class ExportContext:
+    shipped: ShippedModel
+    eval_set: EvalSet  # the real test set, in the shipped model's token ids
+    export_dir: Path
+    texts: list[str] = field(default_factory=list)  # test texts (golden token samples), normalized as in training
+    writer: ScalarWriter | None = None
+    step: int = 0
+
+    @cached_property
+    def tokenizer(self) -> BertTokenizer:
+        return build_tokenizer(self.shipped.vocab)
+
+    @cached_property
+    def reference_logits(self) -> np.ndarray:
+        """PyTorch fp32 logits of the shipped model on the test set: what every export is compared against."""
+        return predict_all(hf_predictor(self.shipped.model), self.eval_set)

@@ -1,0 +1,285 @@
+"""Core ML: the classifier as an ML Program, its 8-bit weight-quantized twin, and an updatable pipeline.
+
+Conversion goes through :class:`export.graph.ClassifierGraph`, ``torch.export`` and
+``ct.convert(..., convert_to="mlprogram")`` with int32 ``input_ids``/``attention_mask`` of shape
+(1, sequence_length), optionally flexible in length (``ct.RangeDim``).
+
+On-device personalization: ML Programs cannot be updated on device (``MLUpdateTask`` trains NeuralNetwork and
+k-NN models only), so the updatable model is a pipeline classifier of two sub-models: the frozen encoder (an ML
+Program, ``input_ids``/``attention_mask`` -> pooled ``features``) and an updatable NeuralNetwork classifier head
+(innerProduct + softmax initialized from the trained classifier, categorical cross-entropy, SGD). Only the last
+sub-model of an updatable pipeline may be updatable, and the head must stay fp32 (fp16 weights cannot be
+updatable), so the head is a separate NeuralNetwork and not part of the ML Program. The two sub-models are also
+written on their own (``encoder``/``head``) for apps that compute features once and update the head alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from export.errors import ExportError, root_reason
+from export.evaluation import EvalSet, parity
+from export.files import atomic_path
+from export.graph import MIN_SEQUENCE, ClassifierGraph, ShippedModel, prepare
+
+DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"]
+ComputeUnits = Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
+Precision = Literal["float16", "float32"]
+
+
+@dataclass
+class UpdatableHead:
+    """The on-device training settings of the updatable classifier head (used by ``MLUpdateTask``).
+
+    Args:
+        learning_rate: SGD learning rate.
+        batch_size: Mini-batch size.
+        epochs: Passes over the user's examples per update.
+        momentum: SGD momentum.
+    """
+
+    learning_rate: float = 0.01
+    batch_size: int = 8
+    epochs: int = 10
+    momentum: float = 0.0
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.epochs < 1 or not 0 <= self.momentum < 1:
+            raise ExportError(f"updatable_head needs learning_rate > 0, batch_size >= 1, epochs >= 1 and momentum "
+                              f"in [0, 1); got {self}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """coremltools logs 'untested torch version' and 'libcoremlpython missing' (Linux) warnings, and prints."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def scratch_space() -> Iterator[None]:
+    """Route coremltools' temporary ``.mlpackage`` folders into one folder removed afterwards.
+
+    coremltools writes a temporary package for every in-memory ML Program (``tempfile.mkdtemp``) and does not
+    delete all of them (``make_pipeline``'s intermediate one leaks), so each export would leave packages in /tmp.
+    Models built inside must be saved before the block ends.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="pocketbert-coreml-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
+def _coremltools() -> Any:
+    """``import coremltools`` without its import-time warnings (untested torch version; no Core ML on Linux)."""
+    with _quiet():
+        import coremltools
+
+    return coremltools
+
+
+def exported_program(shipped: ShippedModel, sequence_length: int, flexible_min: int | None = None,
+                     output: Literal["logits", "features"] = "logits") -> torch.export.ExportedProgram:
+    """The ATen-dialect program handed to ``ct.convert`` (int32 inputs, batch 1); also checked numerically."""
+    graph = ClassifierGraph(prepare(shipped.model), output=output, squeeze_batch=output == "features").eval()
+    example = (torch.full((1, sequence_length), 100, dtype=torch.int32),
+               torch.ones((1, sequence_length), dtype=torch.int32))
+    dynamic = None
+    if flexible_min is not None:
+        seq = torch.export.Dim("seq", min=max(MIN_SEQUENCE, flexible_min), max=sequence_length)
+        dynamic = ({1: seq}, {1: seq})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(graph, example, dynamic_shapes=dynamic).run_decompositions({})
+
+
+def convert(shipped: ShippedModel, *, sequence_length: int, flexible_min: int | None, target: DeploymentTarget,
+            compute_units: ComputeUnits, precision: Precision, metadata: dict[str, str],
+            output: Literal["logits", "features"] = "logits") -> tuple[Any, torch.export.ExportedProgram]:
+    """The ML Program (an ``MLModel``) and the exported program it was converted from."""
+    ct = _coremltools()
+    program = exported_program(shipped, sequence_length, flexible_min, output)
+    length: Any = sequence_length
+    if flexible_min is not None:
+        length = ct.RangeDim(lower_bound=max(MIN_SEQUENCE, flexible_min), upper_bound=sequence_length,
+                             default=sequence_length)
+    inputs = [ct.TensorType(name=name, shape=(1, length), dtype=np.int32) for name in ("input_ids", "attention_mask")]
+    with _quiet():
+        try:
+            # fp32 outputs: the updatable head takes fp32 features, and Swift reads Float logits.
+            outputs = [ct.TensorType(name=output, dtype=np.float32)]
+            mlmodel = ct.convert(program, convert_to="mlprogram", inputs=inputs, outputs=outputs,
+                                 minimum_deployment_target=getattr(ct.target, target),
+                                 compute_units=getattr(ct.ComputeUnit, compute_units),
+                                 compute_precision=getattr(ct.precision, precision.upper()),
+                                 skip_model_load=True)
+        except Exception as err:
+            name = type(shipped.model).__name__
+            raise ExportError(f"Core ML conversion of {name} failed: {root_reason(err)}") from err
+    mlmodel.short_description = f"pocketbert {output} for {len(shipped.label_names)} news classes"
+    mlmodel.user_defined_metadata.update(metadata)
+    return mlmodel, program
+
+
+def metadata(shipped: ShippedModel, tokenizer_settings: dict[str, Any]) -> dict[str, str]:
+    """Label names and tokenizer settings as Core ML user-defined metadata (string values)."""
+    return {"labels": json.dumps(shipped.label_names, ensure_ascii=False),
+            "tokenizer": json.dumps(tokenizer_settings, ensure_ascii=False),
+            "max_length": str(shipped.max_length), "source_checkpoint": shipped.source}
+
+
+def quantize_weights_8bit(mlmodel: Any) -> Any:
+    """``linear_quantize_weights``: int8 symmetric per-channel weights (dequantized at load or on the fly)."""
+    _coremltools()
+    import coremltools.optimize as cto
+
+    config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+    with _quiet():
+        return cto.coreml.linear_quantize_weights(mlmodel, config)
+
+
+def simulate_8bit_weights(model: torch.nn.Module, weight_threshold: int = 2048) -> torch.nn.Module:
+    """A copy of ``model`` whose weights hold what :func:`quantize_weights_8bit` stores (symmetric int8 per output
+    channel, tensors above ``weight_threshold`` elements), for estimating its accuracy on Linux in fp32 maths."""
+    clone = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in clone.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.ndim == 2 and weight.numel() > weight_threshold:
+                scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # (out, 1)
+                weight.copy_(torch.clamp(torch.round(weight / scale), -127, 127) * scale)
+    return clone
+
+
+def save(mlmodel: Any, path: Path) -> None:
+    with atomic_path(path) as tmp, _quiet():
+        mlmodel.save(str(tmp))
+
+
+def graph_parity(program: torch.export.ExportedProgram, shipped: ShippedModel, eval_set: EvalSet,
+                 sequence_length: int, examples: int) -> dict[str, float]:
+    """The converted program vs the HF model on the first ``examples`` test rows padded to ``sequence_length``."""
+    module = program.module()
+    reference, logits = [], []
+    with torch.inference_mode():
+        for index in range(min(examples, len(eval_set))):
+            ids, mask = (torch.from_numpy(a) for a in eval_set.fixed_length(index, sequence_length))
+            reference.append(shipped.model(input_ids=ids, attention_mask=mask).logits.float().numpy())
+            logits.append(module(ids.int(), mask.int()).float().numpy())
+    figures = parity(np.concatenate(reference), np.concatenate(logits))
+    return {"examples": len(reference), **figures}
+
+
+def updatable_head(shipped: ShippedModel, settings: UpdatableHead) -> Any:
+    """NeuralNetwork classifier ``features`` (hidden,) -> ``label`` + ``labelProbabilities``, trained weights."""
+    ct = _coremltools()
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder, SgdParams
+
+    settings.validate()
+    classifier: torch.nn.Linear = shipped.model.classifier  # type: ignore[assignment]
+    weight = classifier.weight.detach().float().numpy()  # (num_labels, hidden)
+    bias = classifier.bias.detach().float().numpy()
+    num_labels, hidden = weight.shape
+    builder = NeuralNetworkBuilder([("features", datatypes.Array(hidden))],
+                                   [("labelProbabilities", datatypes.Array(num_labels))], mode="classifier")
+    # fp32 features, as the encoder ML Program outputs them (the builder defaults to DOUBLE).
+    builder.spec.description.input[0].type.multiArrayType.dataType = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    builder.add_inner_product("classifier", W=weight, b=bias, input_channels=hidden, output_channels=num_labels,
+                              has_bias=True, input_name="features", output_name="logits")
+    builder.add_softmax("softmax", input_name="logits", output_name="labelProbabilities")
+    builder.set_class_labels(list(shipped.label_names), predicted_feature_name="label",
+                             prediction_blob="labelProbabilities")
+    with _quiet():
+        builder.make_updatable(["classifier"])
+        builder.set_categorical_cross_entropy_loss(name="loss", input="labelProbabilities")
+        builder.set_sgd_optimizer(SgdParams(lr=settings.learning_rate, batch=settings.batch_size,
+                                            momentum=settings.momentum))
+        builder.set_epochs(settings.epochs)
+        return ct.models.MLModel(builder.spec, skip_model_load=True)
+
+
+def personalizable_pipeline(encoder: Any, head: Any) -> Any:
+    """An updatable pipeline classifier: frozen ML Program encoder -> updatable NeuralNetwork head."""
+    ct = _coremltools()
+    with _quiet():
+        pipeline = ct.utils.make_pipeline(encoder, head, compute_units=encoder.compute_unit)
+        spec = pipeline.get_spec()
+        models = list(spec.pipeline.models)
+        spec.pipelineClassifier.pipeline.models.extend(models)  # a classifier: Xcode shows label + probabilities
+        spec.isUpdatable = True
+        head_spec = head.get_spec()
+        spec.description.predictedFeatureName = head_spec.description.predictedFeatureName
+        spec.description.predictedProbabilitiesName = head_spec.description.predictedProbabilitiesName
+        del spec.description.trainingInput[:]
+        spec.description.trainingInput.extend(list(encoder.get_spec().description.input))
+        spec.description.trainingInput.extend([t for t in head_spec.description.trainingInput if t.name == "label"])
+        return ct.models.MLModel(spec, weights_dir=pipeline.weights_dir, skip_model_load=True)
+
+
+def load_spec(path: Path) -> Any:
+    ct = _coremltools()
+    with _quiet():
+        return ct.utils.load_spec(str(path))
+
+
+def describe(spec: Any) -> dict[str, Any]:
+    """What Linux can check of a saved model: type, I/O names/types/shapes, updatable layers, loss, optimizer."""
+    kind = spec.WhichOneof("Type")
+    info: dict[str, Any] = {"type": kind, "specification_version": spec.specificationVersion,
+                            "inputs": [_feature(f) for f in spec.description.input],
+                            "outputs": [_feature(f) for f in spec.description.output],
+                            "training_inputs": [_feature(f) for f in spec.description.trainingInput],
+                            "is_updatable": bool(spec.isUpdatable)}
+    if kind in ("pipeline", "pipelineClassifier"):
+        pipeline = spec.pipeline if kind == "pipeline" else spec.pipelineClassifier.pipeline
+        info["models"] = [describe(model) for model in pipeline.models]
+    if kind in ("neuralNetwork", "neuralNetworkClassifier"):
+        network = getattr(spec, kind)
+        update = network.updateParams
+        sgd = update.optimizer.sgdOptimizer
+        info["layers"] = [{"name": layer.name, "type": layer.WhichOneof("layer"), "updatable": layer.isUpdatable}
+                          for layer in network.layers]
+        info["loss"] = [{"name": loss.name, "type": loss.WhichOneof("LossLayerType")} for loss in update.lossLayers]
+        info["optimizer"] = {"type": update.optimizer.WhichOneof("OptimizerType"),
+                             "learning_rate": sgd.learningRate.defaultValue,
+                             "batch_size": sgd.miniBatchSize.defaultValue, "momentum": sgd.momentum.defaultValue}
+        info["epochs"] = update.epochs.defaultValue
+    return info
+
+
+def _feature(feature: Any) -> dict[str, Any]:
+    kind = feature.type.WhichOneof("Type")
+    described: dict[str, Any] = {"name": feature.name, "type": kind}
+    if kind == "multiArrayType":
+        array = feature.type.multiArrayType
+        described["dtype"] = type(array).ArrayDataType.Name(array.dataType)
+        described["shape"] = list(array.shape)
+        ranges = array.shapeRange.sizeRanges
+        if ranges:
+            described["shape_range"] = [[r.lowerBound, r.upperBound] for r in ranges]
+    return described

@@ -1,0 +1,66 @@
+"""ONNX: the export graph with dynamic batch and sequence axes, and ONNX Runtime dynamic INT8 of it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.errors import ExportError, root_reason
+from export.files import atomic_path
+from export.graph import MIN_SEQUENCE, ClassifierGraph, ShippedModel, prepare
+
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAMES = ["logits"]
+
+
+def export_onnx(shipped: ShippedModel, path: Path, opset: int = 18) -> None:
+    """``input_ids``/``attention_mask`` int64 (batch, seq) -> ``logits`` (batch, num_labels), in one file."""
+    graph = ClassifierGraph(prepare(shipped.model)).eval()
+    length = min(8, shipped.max_length)
+    example = (torch.full((2, length), 100, dtype=torch.long), torch.ones((2, length), dtype=torch.long))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=MIN_SEQUENCE, max=shipped.max_length)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet("torch.onnx"):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(graph, example, str(tmp), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                              dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=opset,
+                              dynamo=True, external_data=False, verbose=False)
+        except Exception as err:
+            raise ExportError(f"ONNX export of {type(shipped.model).__name__} failed: {root_reason(err)}") from err
+
+
+def quantize_onnx_int8(source: Path, path: Path) -> None:
+    """ONNX Runtime dynamic quantization: int8 MatMul weights (per channel), activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(path) as tmp, _quiet("root"):
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def onnx_session(path: Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _quiet:
+    """Silence a chatty logger (the ONNX exporter's progress lines, ORT's pre-processing hint) for a block."""
+
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(name)
+        self.level = self.logger.level
+
+    def __enter__(self) -> None:
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)

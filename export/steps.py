@@ -1,0 +1,245 @@
+"""One function per fit-end callback: write a family of artifacts, check them, record them in the manifest.
+
+Each function is what its callback (``callbacks/``) and ``python -m recipes export`` run, so a checkpoint exported
+after training gets exactly the files a training run writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export import coreml
+from export.assets import EDGE_CASES, tokenizer_settings, write_golden_tokens, write_labels, write_vocab
+from export.benchmark import Budgets, TimingSettings, check_budgets, run_benchmark, write_reports
+from export.context import ExportContext
+from export.errors import ExportError
+from export.evaluation import (
+    EvalSet,
+    accuracy_and_macro_f1,
+    hf_predictor,
+    onnx_predictor,
+    parity,
+    predict_all,
+    torch_predictor,
+)
+from export.files import record
+from export.graph import ShippedModel, load_hf_dir
+from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
+from export.torch_export import load_torchscript, quantize_int8, save_pytorch, save_torchscript
+
+
+def _figures(ctx: ExportContext, logits: np.ndarray) -> dict[str, Any]:
+    """Parity with PyTorch fp32 and test metrics of one variant's logits."""
+    return {"test_examples": len(ctx.eval_set), "parity_vs_pytorch": parity(ctx.reference_logits, logits),
+            **accuracy_and_macro_f1(logits, ctx.eval_set.labels, len(ctx.shipped.label_names))}
+
+
+def write_pytorch(ctx: ExportContext, int8: bool = True) -> None:
+    """``pytorch/`` (fp32, ``from_pretrained`` layout) and ``model.int8.pt`` (dynamic INT8, TorchScript)."""
+    path = ctx.export_dir / "pytorch"
+    save_pytorch(ctx.shipped, path)
+    reloaded = predict_all(hf_predictor(load_hf_dir(path)), ctx.eval_set)
+    record(ctx.export_dir, "pytorch_fp32", "pytorch", path, **_figures(ctx, reloaded))
+    if int8:
+        int8_path = ctx.export_dir / "model.int8.pt"
+        example = ctx.eval_set.fixed_length(0, min(16, ctx.shipped.max_length))
+        save_torchscript(quantize_int8(ctx.shipped), int8_path, example)
+        logits = predict_all(torch_predictor(load_torchscript(int8_path)), ctx.eval_set)
+        record(ctx.export_dir, "pytorch_int8", "torchscript", int8_path, quantization="dynamic int8 nn.Linear",
+               **_figures(ctx, logits))
+
+
+def write_onnx(ctx: ExportContext, opset: int = 18, int8: bool = True, min_agreement: float = 0.999) -> None:
+    """``model.onnx`` (dynamic batch and length) checked against PyTorch on the test set, and ``model.int8.onnx``."""
+    path = ctx.export_dir / "model.onnx"
+    export_onnx(ctx.shipped, path, opset)
+    figures = _figures(ctx, predict_all(onnx_predictor(onnx_session(path)), ctx.eval_set))
+    agreement = figures["parity_vs_pytorch"]["agreement"]
+    if agreement < min_agreement:
+        path.unlink()  # not left behind as if valid
+        raise ExportError(f"ONNX fp32 agrees with PyTorch on only {agreement:.4f} of the test set (< {min_agreement}); "
+                          f"max logit difference {figures['parity_vs_pytorch']['max_abs_logit_diff']:.3g}")
+    record(ctx.export_dir, "onnx_fp32", "onnx", path, opset=opset, **figures)
+    if int8:
+        int8_path = ctx.export_dir / "model.int8.onnx"
+        quantize_onnx_int8(path, int8_path)
+        logits = predict_all(onnx_predictor(onnx_session(int8_path)), ctx.eval_set)
+        record(ctx.export_dir, "onnx_int8", "onnx", int8_path, opset=opset,
+               quantization="onnxruntime dynamic int8, per-channel weights", **_figures(ctx, logits))
+
+
+def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
+                 target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
+                 quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
+    """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``."""
+    with coreml.scratch_space():
+        _write_coreml(ctx, name=name, sequence_length=sequence_length, flexible_min=flexible_min, target=target,
+                      compute_units=compute_units, precision=precision, quantize_8bit=quantize_8bit, head=head,
+                      parity_examples=parity_examples)
+
+
+def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
+                  target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
+                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
+    shipped, out = ctx.shipped, ctx.export_dir
+    settings = dict(sequence_length=sequence_length, flexible_min=flexible_min, target=target,
+                    compute_units=compute_units, precision=precision)
+    meta = coreml.metadata(shipped, tokenizer_settings(ctx.tokenizer, shipped.max_length))
+    mlmodel, program = coreml.convert(shipped, metadata=meta, **settings)  # type: ignore[arg-type]
+    graph = _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, sequence_length, parity_examples),
+                            "the Core ML export graph")
+    common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics"}
+    path = out / f"{name}.mlpackage"
+    coreml.save(mlmodel, path)
+    record(out, "coreml", "coreml", path, spec=_io(path), **common)
+    if quantize_8bit:
+        path = out / f"{name}8Bit.mlpackage"
+        coreml.save(coreml.quantize_weights_8bit(mlmodel), path)
+        simulated = coreml.simulate_8bit_weights(shipped.model)
+        record(out, "coreml_w8", "coreml", path, spec=_io(path), **settings,
+               quantization="linear symmetric int8 weights, per output channel",
+               simulated_in_pytorch=_figures(ctx, predict_all(hf_predictor(simulated), ctx.eval_set)),
+               checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
+    if head is not None:
+        write_personalizable(ctx, name, settings, meta, head, parity_examples)
+
+
+def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any], meta: dict[str, str],
+                         head: coreml.UpdatableHead, parity_examples: int) -> None:
+    out = ctx.export_dir
+    encoder, program = coreml.convert(ctx.shipped, metadata=meta, output="features", **settings)
+    head_model = coreml.updatable_head(ctx.shipped, head)
+    coreml.save(encoder, out / f"{name}Encoder.mlpackage")
+    coreml.save(head_model, out / f"{name}Head.mlmodel")
+    pipeline = coreml.personalizable_pipeline(encoder, head_model)
+    pipeline.short_description = "pocketbert classifier whose head MLUpdateTask can fine-tune on device"
+    pipeline.user_defined_metadata.update(meta)
+    path = out / f"{name}Personalizable.mlpackage"
+    coreml.save(pipeline, path)
+    spec = coreml.describe(coreml.load_spec(path))
+    checks = _require_parity(head_parity(program, coreml.load_spec(out / f"{name}Head.mlmodel"), ctx,
+                                         settings["sequence_length"], parity_examples), "the personalizable pipeline")
+    record(out, "coreml_personalizable", "coreml", path, spec=spec, pipeline_parity_vs_pytorch=checks,
+           updatable_head=vars(head), **settings)
+    record(out, "coreml_encoder", "coreml-part", out / f"{name}Encoder.mlpackage")
+    record(out, "coreml_head", "coreml-part", out / f"{name}Head.mlmodel")
+
+
+def head_parity(program: torch.export.ExportedProgram, head_spec: Any, ctx: ExportContext, sequence_length: int,
+                examples: int) -> dict[str, Any]:
+    """The pipeline's maths on Linux: exported encoder features -> the saved head's weights -> softmax, vs PyTorch."""
+    layer = next(lay for lay in head_spec.neuralNetworkClassifier.layers if lay.WhichOneof("layer") == "innerProduct")
+    params = layer.innerProduct
+    weight = np.asarray(params.weights.floatValue, dtype=np.float32).reshape(params.outputChannels,
+                                                                            params.inputChannels)
+    bias = np.asarray(params.bias.floatValue, dtype=np.float32)
+    module = program.module()
+    reference, logits = [], []
+    with torch.inference_mode():
+        for index in range(min(examples, len(ctx.eval_set))):
+            ids, mask = (torch.from_numpy(a) for a in ctx.eval_set.fixed_length(index, sequence_length))
+            reference.append(ctx.shipped.model(input_ids=ids, attention_mask=mask).logits.float().numpy()[0])
+            logits.append(weight @ module(ids.int(), mask.int()).float().numpy() + bias)
+    return {"examples": len(reference), **parity(np.stack(reference), np.stack(logits))}
+
+
+def _require_parity(figures: dict[str, Any], what: str, tolerance: float = 1e-3) -> dict[str, Any]:
+    """Stop the export when a graph that should compute the PyTorch model's logits does not."""
+    if figures["max_abs_logit_diff"] > tolerance:
+        raise ExportError(f"{what} differs from the PyTorch model by {figures['max_abs_logit_diff']:.3g} in logits "
+                          f"(> {tolerance}); the export wrapper does not match this architecture")
+    return figures
+
+
+def _io(path: Path) -> dict[str, Any]:
+    described = coreml.describe(coreml.load_spec(path))
+    return {key: described[key] for key in ("type", "specification_version", "inputs", "outputs")}
+
+
+def write_app_assets(ctx: ExportContext, golden_texts: list[str] | None = None, samples: int = 16) -> None:
+    """``vocab.txt``, ``labels.json`` and ``golden_tokens.json`` (edge cases + test headlines)."""
+    out, shipped = ctx.export_dir, ctx.shipped
+    write_vocab(shipped.vocab, out / "vocab.txt")
+    record(out, "vocab", "text", out / "vocab.txt", tokens=len(shipped.vocab))
+    write_labels(shipped.label_names, out / "labels.json")
+    record(out, "labels", "json", out / "labels.json", labels=len(shipped.label_names))
+    texts = [*EDGE_CASES, *(golden_texts if golden_texts is not None else ctx.texts[:samples])]
+    write_golden_tokens(ctx.tokenizer, texts, shipped.max_length, out / "golden_tokens.json")
+    record(out, "golden_tokens", "json", out / "golden_tokens.json", cases=len(texts),
+           **tokenizer_agreement(ctx))
+
+
+def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
+    """How often the tokenizer rebuilt from ``vocab.txt`` reproduces the test set's training token ids."""
+    if not ctx.texts:
+        return {}
+    count = min(limit, len(ctx.texts), len(ctx.eval_set))
+    rebuilt = EvalSet.from_texts(ctx.texts[:count], ctx.eval_set.labels[:count], ctx.tokenizer,
+                                 ctx.shipped.max_length)
+    same = sum(a == b for a, b in zip(rebuilt.token_ids, ctx.eval_set.token_ids[:count], strict=True))
+    return {"vocab_tokenizer_matches_test_ids": same / count, "checked_texts": count}
+
+
+def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets) -> list[dict[str, Any]]:
+    """``benchmark.json``/``benchmark.md``, TensorBoard scalars, a printed table; raises when a budget breaks."""
+    rows = run_benchmark(ctx.export_dir, ctx.eval_set, len(ctx.shipped.label_names), ctx.shipped.num_parameters,
+                         timing)
+    broken = check_budgets(rows, budgets)
+    text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken)
+    if ctx.writer is not None:
+        for row in rows:
+            for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement"):
+                if key in row:
+                    ctx.writer.add_scalar(f"export/{row['variant']}/{key}", float(row[key]), ctx.step)
+        ctx.writer.add_text("export/benchmark", text, ctx.step)
+    print(f"\nexport benchmark ({ctx.export_dir / 'benchmark.md'}):\n{text}\n", flush=True)
+    if broken:
+        raise ExportError(f"export budget broken: {'; '.join(broken)} (see {ctx.export_dir / 'benchmark.md'}; "
+                          "shrink the model or relax ExportBenchmark's budgets)")
+    return rows
+
+
+def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settings: Any) -> None:
+    """Trial-export an untrained ``model`` (ONNX or Core ML) into a temp dir so unsupported ops fail in seconds."""
+    model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()  # leave the training model alone
+    config: Any = getattr(model, "config", None)
+    labels = [str(v) for v in (getattr(config, "id2label", None) or {0: "a", 1: "b"}).values()]
+    shipped = ShippedModel(model=model, label_names=labels, vocab=[], max_length=max_length,  # type: ignore[arg-type]
+                           source="untrained (pre-flight)")
+    generator = torch.Generator().manual_seed(0)
+    vocab_size = int(getattr(config, "vocab_size", 1000))
+    lengths = (min(3, max_length - 2), max(1, min(20, max_length - 2)))
+    rows = [[101, *torch.randint(3, vocab_size, (n,), generator=generator).tolist(), 102] for n in lengths]
+    eval_set = EvalSet(rows, [0, 0])
+    with tempfile.TemporaryDirectory(prefix="pocketbert-preflight-") as tmp:
+        out = Path(tmp)
+        if fmt == "onnx":
+            export_onnx(shipped, out / "model.onnx")
+            onnx_logits = predict_all(onnx_predictor(onnx_session(out / "model.onnx")), eval_set)
+            torch_logits = predict_all(hf_predictor(shipped.model), eval_set)
+            figures = parity(torch_logits, onnx_logits)
+            if figures["max_abs_logit_diff"] > 1e-3:
+                raise ExportError(f"pre-flight: ONNX logits differ from PyTorch by {figures['max_abs_logit_diff']:.3g}")
+            return
+        with coreml.scratch_space():
+            _preflight_coreml(shipped, eval_set, out, **coreml_settings)
+
+
+def _preflight_coreml(shipped: ShippedModel, eval_set: EvalSet, out: Path, **coreml_settings: Any) -> None:
+    head: coreml.UpdatableHead | None = coreml_settings.pop("head")
+    mlmodel, program = coreml.convert(shipped, metadata={}, **coreml_settings)
+    figures = coreml.graph_parity(program, shipped, eval_set, coreml_settings["sequence_length"], 2)
+    if figures["max_abs_logit_diff"] > 1e-3:
+        raise ExportError(f"pre-flight: the Core ML export graph differs from PyTorch by "
+                          f"{figures['max_abs_logit_diff']:.3g}")
+    coreml.save(mlmodel, out / "model.mlpackage")
+    if head is not None:
+        encoder, _ = coreml.convert(shipped, metadata={}, output="features", **coreml_settings)
+        coreml.save(coreml.personalizable_pipeline(encoder, coreml.updatable_head(shipped, head)),
+                    out / "personalizable.mlpackage")

@@ -1,0 +1,329 @@
+"""The distillation LightningModule: a small student learns from a fine-tuned teacher's soft labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from transformers import PreTrainedModel
+from typing_extensions import override
+
+from lightning_modules.classifier import (
+    adamw_with_linear_warmup,
+    check_labels,
+    log_epoch_metrics,
+    log_eval_step,
+    raise_if_not_finite,
+    save_export_info,
+)
+from lightning_modules.encoders import PRESETS, EncoderSpec, build_from_spec, load_pretrained
+from lightning_modules.errors import PocketbertError
+from lightning_modules.hub import OFFLINE_HINT, load_tokenizer, resolve_pretrained, vocab_tokens
+from lightning_modules.losses import distillation_loss, hidden_state_loss
+from lightning_modules.metrics import ClassificationMetrics
+from lightning_modules.teacher_cache import Teacher, load_teacher, padded_rows, training_targets
+from lightning_modules.token_cache import TokenizedTexts, tokenize
+from lightning_modules.vocab_pruning import PrunedVocab, check_prunable
+
+PresetName = Literal["roberta_l4_h512", "mobilebert", "tiny"]  # the keys of encoders.PRESETS
+DISTILL_OFFLINE_HINT = ("offline? distil with an offline recipe instead (e.g. `python -m recipes fit --config "
+                        "news16_distill_cpu.yaml`, a from-scratch student), or point the setting at a local directory")
+
+
+@contextmanager
+def distillation_offline_hint() -> Iterator[None]:
+    """Hub errors name the offline distillation recipe rather than the offline teacher recipe."""
+    try:
+        yield
+    except PocketbertError as err:
+        if OFFLINE_HINT not in str(err):
+            raise
+        raise PocketbertError(str(err).replace(OFFLINE_HINT, DISTILL_OFFLINE_HINT)) from None
+
+
+class DistillationModule(L.LightningModule):
+    """A student classifier trained on hard labels and on a frozen teacher's softened logits.
+
+    Loss: ``alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher / T || student / T)``, plus
+    ``hidden_weight * MSE(W student_hidden, teacher_hidden)`` over ``layer_map`` (TinyBERT) when given. The
+    teacher's logits for the training texts are computed once and cached on disk, so epochs skip its forward pass
+    (hidden-state matching needs the teacher every step). The teacher is never part of the student's checkpoint.
+    With ``prune_vocab`` the student keeps only the training data's tokens; that pruned vocabulary is the one saved
+    in its checkpoint and shipped. ``load_from_checkpoint(path, teacher_checkpoint=None)`` loads a trained student
+    without its teacher.
+
+    Args:
+        teacher_checkpoint: The teacher: a pocketbert checkpoint (e.g. ``tb_logs/news16_cpu/latest/best.ckpt``);
+            ``None`` only to load a trained student back for evaluation or export.
+        label_names: Class names in id order; linked from the DataModule; must equal the teacher's.
+        tokenizer: The student's tokenizer (vocab file, directory or hub name); linked from the DataModule. The
+            teacher tokenizes the same texts with the vocabulary saved in its own checkpoint.
+        max_length: Longest token sequence; linked from the DataModule.
+        pretrained: Hub name or local directory of the student's pretrained weights (e.g.
+            ``uer/chinese_roberta_L-4_H-512``). Give exactly one of ``pretrained``, ``architecture``, ``preset``.
+        architecture: The student's shape, trained from scratch.
+        preset: A named student shape from scratch: ``roberta_l4_h512``, ``mobilebert`` or ``tiny``.
+        alpha: Weight of the hard-label cross-entropy; ``1 - alpha`` weighs the soft (teacher) loss.
+        temperature: Softmax temperature of the soft loss (its gradients are rescaled by ``T^2``).
+        layer_map: Hidden-state matching, student layer -> teacher layer (0 = embeddings), e.g. ``{2: 4, 4: 8}``;
+            needs the teacher to use the student's tokenizer. Off when not given.
+        hidden_weight: Weight of the hidden-state loss.
+        teacher_cache: Cache the teacher's logits on disk (under the DataModule's ``cache_dir``); ``false`` runs
+            the teacher on every batch.
+        prune_vocab: Keep only the tokens of the training data (plus special tokens) in the student's vocabulary.
+            Defaults to on for from-scratch students and off for pretrained ones.
+        num_labels: Optional check: fails fast when the data's label count differs.
+        dropout: Dropout of the student's hidden states and attention probabilities.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm).
+        warmup_ratio: Fraction of the training steps spent warming the learning rate up linearly.
+        teacher_batch_size: Batch size of the teacher when it computes the logit cache.
+        trust_remote_code: Allow model code from the hub; off unless a recipe turns it on.
+    """
+
+    def __init__(
+        self,
+        teacher_checkpoint: Path | None,
+        label_names: list[str] | None = None,
+        tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
+        max_length: int = 128,
+        pretrained: str | None = None,
+        architecture: EncoderSpec | None = None,
+        preset: PresetName | None = None,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        layer_map: dict[int, int] | None = None,
+        hidden_weight: float = 1.0,
+        teacher_cache: bool = True,
+        prune_vocab: bool | None = None,
+        num_labels: int | None = None,
+        dropout: float = 0.1,
+        learning_rate: float = 5e-4,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        teacher_batch_size: int = 128,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.label_names = check_labels(label_names, num_labels)
+        if not 0.0 <= alpha <= 1.0:
+            raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
+        if temperature <= 0:
+            raise PocketbertError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= dropout < 1.0:
+            raise PocketbertError(f"dropout must be in [0, 1), got {dropout}")
+        if learning_rate <= 0:
+            raise PocketbertError(f"learning_rate must be positive, got {learning_rate}")
+        if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
+            raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
+        if preset is not None and preset not in PRESETS:
+            raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+        self.save_hyperparameters()
+        with distillation_offline_hint():
+            self.data_tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+            if pretrained is not None:
+                resolve_pretrained(pretrained)  # fail fast offline, before the teacher is looked for
+        self.tokenizer = self.data_tokenizer  # what ships: replaced by the pruned tokenizer when pruning
+        self.teacher: Teacher | None = None
+        if teacher_checkpoint is not None:
+            with torch.random.fork_rng(devices=[]):  # building the teacher must not shift the student's random init
+                self.teacher = load_teacher(Path(teacher_checkpoint))
+            if self.teacher.label_names != self.label_names:
+                raise PocketbertError(f"the teacher {teacher_checkpoint} was trained on labels "
+                                      f"{self.teacher.label_names} but the data has {self.label_names}; give the "
+                                      "data the teacher's label list (data.init_args.labels) or train a matching "
+                                      "teacher")
+        self.model: PreTrainedModel
+        if pretrained is not None:
+            with distillation_offline_hint():
+                self.model = load_pretrained(pretrained, label_names=self.label_names, dropout=dropout,
+                                             trust_remote_code=trust_remote_code)
+        else:
+            spec = architecture if architecture is not None else PRESETS[str(preset)]
+            self.model = build_from_spec(spec, vocab_size=len(self.data_tokenizer),
+                                         pad_token_id=int(self.data_tokenizer.pad_token_id or 0),
+                                         label_names=self.label_names, dropout=dropout)
+        self.prune = pretrained is None if prune_vocab is None else prune_vocab
+        if self.prune:
+            check_prunable(self.data_tokenizer)
+        self.pruned: PrunedVocab | None = None
+        self.layer_map = dict(layer_map) if layer_map else None
+        self.hidden_projection: nn.Linear | None = None
+        if self.layer_map is not None and self.teacher is not None:
+            self._check_layer_map(self.layer_map, self.teacher)
+            self.hidden_projection = nn.Linear(self.model.config.hidden_size, self.teacher.model.config.hidden_size)
+        self._teacher_logits: torch.Tensor | None = None  # (train size, num_labels), on the training device
+        self._teacher_tokens: TokenizedTexts | None = None  # the training texts in the teacher's vocabulary
+        self._eval_tokens: dict[tuple[str, int], TokenizedTexts] = {}  # (split, id of its texts) -> pruned ids
+        self.val_metrics = ClassificationMetrics(len(self.label_names))
+        self.test_metrics = ClassificationMetrics(len(self.label_names))
+
+    def _check_layer_map(self, layer_map: dict[int, int], teacher: Teacher) -> None:
+        student_layers = int(self.model.config.num_hidden_layers)
+        teacher_layers = int(teacher.model.config.num_hidden_layers)
+        for s, t in layer_map.items():
+            if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+                raise PocketbertError(f"layer_map {s}: {t} is out of range: the student has layers 0..{student_layers}"
+                                      f" and the teacher 0..{teacher_layers} (0 = embeddings)")
+        if vocab_tokens(teacher.tokenizer) != vocab_tokens(self.data_tokenizer):
+            raise PocketbertError("layer_map (hidden-state matching) needs the teacher to use the student's "
+                                  "tokenizer, so that token positions line up; remove layer_map or use its vocab")
+        if int(teacher.model.config.max_position_embeddings) < int(self.hparams["max_length"]):
+            raise PocketbertError(f"the teacher covers {teacher.model.config.max_position_embeddings} positions but "
+                                  f"max_length is {self.hparams['max_length']}; lower data.init_args.max_length")
+
+    # ---- data: pruning and the teacher's inputs ------------------------------------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.teacher is None:
+            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
+        texts: dict[str, list[str]] = getattr(datamodule, "texts", {})
+        if "train" not in texts:
+            raise PocketbertError("DistillationModule trains with a NewsDataModule (it looks teacher inputs up by "
+                                  "the batch's `index` in datamodule.texts); pass datamodule=...")
+        if self.prune and self.pruned is None:
+            self._apply_pruning(PrunedVocab.from_training_ids(self.data_tokenizer,
+                                                              datamodule.datasets["train"].tokens.ids))
+        device = self.trainer.strategy.root_device
+        self.teacher.model.to(device)  # type: ignore[arg-type]
+        if self.layer_map is not None:
+            rank_zero_info("hidden-state matching: the teacher runs on every batch (its logit cache is not used)")
+            return
+        self._teacher_logits, self._teacher_tokens = training_targets(
+            self.teacher, texts["train"], getattr(datamodule, "cache_dir", None),
+            use_cache=self.hparams["teacher_cache"], device=device, batch_size=self.hparams["teacher_batch_size"])
+
+    def _apply_pruning(self, pruned: PrunedVocab, report: bool = True) -> None:
+        pruned.prune_embeddings(self.model, report=report)
+        self.pruned = pruned
+        self.tokenizer = pruned.tokenizer
+        self._eval_tokens.clear()
+
+    def _student_inputs(self, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch in the student's ids: remapped when pruned (exact for training texts, whose tokens all
+        survived), and for evaluation re-tokenized with the pruned vocabulary, exactly as the shipped model sees it."""
+        if self.pruned is None:
+            return batch["input_ids"], batch["attention_mask"]
+        tokens = self._pruned_eval_tokens(split) if split != "train" else None
+        if tokens is not None:
+            input_ids, attention_mask = padded_rows(tokens, batch["index"].tolist(), int(self.tokenizer.pad_token_id))
+            return input_ids.to(self.device), attention_mask.to(self.device)
+        if self.pruned.id_map.device != batch["input_ids"].device:
+            self.pruned.id_map = self.pruned.id_map.to(batch["input_ids"].device)
+        return self.pruned.id_map[batch["input_ids"]], batch["attention_mask"]
+
+    def _pruned_eval_tokens(self, split: str) -> TokenizedTexts | None:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        texts = getattr(datamodule, "texts", {}).get(split)
+        if texts is None:
+            return None  # no texts to re-tokenize (bare dataloaders): the remapped ids are the best we have
+        key = (split, id(texts))
+        if key not in self._eval_tokens:
+            self._eval_tokens[key] = tokenize(texts, self.tokenizer, int(self.hparams["max_length"]),
+                                              getattr(datamodule, "cache_dir", None), desc=f"tokenizing {split}")
+        return self._eval_tokens[key]
+
+    def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Teacher logits (batch, num_labels), and its hidden states when matching them."""
+        if self.teacher is None:
+            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
+        if self._teacher_logits is not None:
+            return self._teacher_logits[batch["index"]], None
+        with torch.no_grad():
+            if self.layer_map is not None:
+                output = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                            output_hidden_states=True)
+                return output.logits, output.hidden_states
+            if self._teacher_tokens is None:
+                raise PocketbertError("the teacher's inputs are not prepared: train with trainer.fit(datamodule=...)")
+            input_ids, attention_mask = padded_rows(self._teacher_tokens, batch["index"].tolist(),
+                                                    int(self.teacher.tokenizer.pad_token_id or 0))
+            logits = self.teacher.model(input_ids=input_ids.to(self.device),
+                                        attention_mask=attention_mask.to(self.device)).logits
+            return logits, None
+
+    # ---- steps ---------------------------------------------------------------------------------------------------
+    @override
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, num_labels) for ids of the student's (possibly pruned) vocabulary."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @override
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        input_ids, attention_mask = self._student_inputs(batch, "train")
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=self.layer_map is not None)
+        teacher_logits, teacher_hidden = self._teacher_outputs(batch)
+        losses = distillation_loss(output.logits.float(), teacher_logits.float(), batch["labels"],
+                                   alpha=self.hparams["alpha"], temperature=self.hparams["temperature"])
+        loss = losses.total
+        parts = {"train_hard_loss": losses.hard, "train_soft_loss": losses.soft}
+        if teacher_hidden is not None and self.layer_map is not None and self.hidden_projection is not None:
+            hidden = hidden_state_loss(output.hidden_states, teacher_hidden, self.layer_map, self.hidden_projection,
+                                       attention_mask)
+            loss = loss + self.hparams["hidden_weight"] * hidden
+            parts["train_hidden_loss"] = hidden
+        raise_if_not_finite(loss, self.global_step)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(input_ids))
+        self.log_dict(parts, batch_size=len(input_ids))
+        return loss
+
+    @override
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        log_eval_step(self, "val", self(*self._student_inputs(batch, "val")), batch["labels"], self.val_metrics)
+
+    @override
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        log_eval_step(self, "test", self(*self._student_inputs(batch, "test")), batch["labels"], self.test_metrics)
+
+    @override
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        # NewsDataModule predicts on its test split.
+        probabilities = self(*self._student_inputs(batch, "test")).float().softmax(dim=-1)
+        return {"probabilities": probabilities, "predictions": probabilities.argmax(dim=-1), "index": batch["index"]}
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        log_epoch_metrics(self, "val", self.val_metrics)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        log_epoch_metrics(self, "test", self.test_metrics)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams  # the student and the hidden-state projection; the teacher is no submodule
+        return adamw_with_linear_warmup(self, list(self.named_parameters()), hp["learning_rate"],
+                                        hp["weight_decay"], hp["warmup_ratio"])
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_export_info(self, checkpoint)  # the vocab saved is the pruned one: the shipped model's ids index it
+        checkpoint["pocketbert"]["distillation"] = {
+            "teacher": str(self.teacher.path) if self.teacher is not None else None,
+            "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,
+            "vocab_pruned": self.pruned is not None,
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the weights load: shrink the embedding to the checkpoint's pruned vocabulary first.
+        vocab = list(checkpoint.get("pocketbert", {}).get("vocab") or [])
+        if vocab and vocab != vocab_tokens(self.tokenizer):
+            if self.pruned is not None:
+                raise PocketbertError("the checkpoint's vocabulary differs from the one pruned from this training "
+                                      "data; resume with the data it was trained on")
+            self._apply_pruning(PrunedVocab.from_tokens(self.data_tokenizer, vocab), report=False)
+        if self.hidden_projection is None:  # loaded without a teacher: the training-only projection is not needed
+            for key in [k for k in checkpoint["state_dict"] if k.startswith("hidden_projection.")]:
+                del checkpoint["state_dict"][key]

@@ -1,0 +1,259 @@
+"""Fit-end exports end to end: one tiny recipe fitted through the CLI, every artifact loaded back and checked.
+
+The recipe (tests/configs/export_tiny.yaml) trains a tiny BERT on a real 4-class slice, runs every export
+callback and breaks a size budget on purpose, so one run checks the artifacts and that a broken budget fails the
+run after the reports are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification
+
+from export.coreml import describe, load_spec
+from export.files import sha256_of
+from export.torch_export import load_torchscript
+from lightning_modules.datamodule import NewsDataModule
+from lightning_modules.hub import load_tokenizer, read_vocab_file
+from recipes.__main__ import main
+from tests.conftest import REPO
+
+CONFIG = REPO / "tests" / "configs" / "export_tiny.yaml"
+LABELS = ["sports", "finance", "car", "game"]
+MODELS = ["pytorch_fp32", "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_w8", "coreml_personalizable"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("export_run")
+    done = subprocess.run([sys.executable, "-m", "recipes", "fit", "--config", str(CONFIG),
+                           "--trainer.logger.init_args.save_dir", str(root / "tb"),
+                           "--data.init_args.cache_dir", str(root / "cache")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    run_dir = root / "tb" / "export_tiny" / "version_0"
+    assert (run_dir / "export" / "manifest.json").is_file(), done.stderr[-3000:]
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    return {"code": done.returncode, "stderr": done.stderr, "stdout": done.stdout, "run_dir": run_dir,
+            "export": run_dir / "export", "manifest": manifest, "root": root}
+
+
+@pytest.fixture(scope="module")
+def test_batches(run: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The recipe's real test split, rebuilt from its config (what the exports were checked on)."""
+    data = yaml.safe_load(CONFIG.read_text())["data"]["init_args"]
+    datamodule = NewsDataModule(**{**data, "cache_dir": run["root"] / "cache"})
+    return list(datamodule.test_dataloader())
+
+
+def logits_of(predict: Any, batches: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    return np.concatenate([predict(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in batches])
+
+
+def test_broken_budget_fails_the_run_after_writing_reports(run: dict[str, Any]) -> None:
+    assert run["code"] == 2, run["stderr"][-2000:]
+    last = run["stderr"].strip().splitlines()[-1]
+    assert last.startswith("error: export budget broken: onnx_fp32 is ") and "> max_size_mb 0.5" in last
+    report = json.loads((run["export"] / "benchmark.json").read_text())
+    assert report["broken_budgets"] and report["broken_budgets"][0].startswith("onnx_fp32 is")
+    assert "| onnx_int8 | onnx |" in (run["export"] / "benchmark.md").read_text()
+
+
+def test_manifest_records_every_artifact_with_size_and_hash(run: dict[str, Any]) -> None:
+    artifacts = run["manifest"]["artifacts"]
+    assert set(MODELS) | {"coreml_encoder", "coreml_head", "vocab", "labels", "golden_tokens"} <= set(artifacts)
+    for name, entry in artifacts.items():
+        path = run["export"] / entry["path"]
+        assert path.exists(), name
+        assert entry["sha256"] == sha256_of(path), name
+    assert not [p for p in run["export"].rglob("*") if ".tmp-" in p.name or ".old-" in p.name]  # atomic writes
+    assert Path(run["manifest"]["source_checkpoint"]).is_file()
+    assert run["manifest"]["label_names"] == LABELS
+
+
+def test_onnx_has_dynamic_axes_and_matches_pytorch_on_the_real_test_set(
+    run: dict[str, Any], test_batches: list[dict[str, torch.Tensor]]
+) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(str(run["export"] / "pytorch")).eval()
+    assert model.config.id2label == dict(enumerate(LABELS))
+
+    def torch_predict(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+
+    reference = logits_of(torch_predict, test_batches)
+    labels = np.concatenate([b["labels"].numpy() for b in test_batches])
+    assert (reference.argmax(-1) == labels).mean() > 0.4  # learned something: chance is 0.25
+    session = ort.InferenceSession(str(run["export"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", "seq"], ["batch", "seq"]]
+    onnx_logits = logits_of(lambda i, m: session.run(["logits"], {"input_ids": i, "attention_mask": m})[0],
+                            test_batches)
+    assert np.abs(onnx_logits - reference).max() < 1e-4
+    assert (onnx_logits.argmax(-1) == reference.argmax(-1)).mean() >= 0.999
+    int8 = ort.InferenceSession(str(run["export"] / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    int8_logits = logits_of(lambda i, m: int8.run(["logits"], {"input_ids": i, "attention_mask": m})[0], test_batches)
+    agreement = (int8_logits.argmax(-1) == reference.argmax(-1)).mean()
+    assert agreement >= 0.85 and 0 < np.abs(int8_logits - reference).max() < 1.0  # quantized, yet close
+    recorded = run["manifest"]["artifacts"]["onnx_int8"]["parity_vs_pytorch"]
+    assert recorded["agreement"] == pytest.approx(agreement)
+    assert (run["export"] / "model.int8.onnx").stat().st_size < 0.4 * (run["export"] / "model.onnx").stat().st_size
+
+
+def test_pytorch_int8_loads_back_and_agrees(run: dict[str, Any], test_batches: list[dict[str, torch.Tensor]]) -> None:
+    int8 = load_torchscript(run["export"] / "model.int8.pt")
+    assert "quantized" in str(int8.graph)  # dynamic int8 Linear kernels, not fp32 ones
+
+    def predict(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return int8(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    logits = logits_of(predict, test_batches)
+    recorded = run["manifest"]["artifacts"]["pytorch_int8"]
+    labels = np.concatenate([b["labels"].numpy() for b in test_batches])
+    assert recorded["accuracy"] == pytest.approx((logits.argmax(-1) == labels).mean())
+    assert recorded["parity_vs_pytorch"]["agreement"] >= 0.85
+
+
+def test_coreml_program_spec_io_and_metadata(run: dict[str, Any]) -> None:
+    spec = load_spec(run["export"] / "PocketBert.mlpackage")
+    info = describe(spec)
+    assert info["type"] == "mlProgram" and info["specification_version"] == 8  # iOS17
+    assert [(i["name"], i["dtype"], i["shape"], i["shape_range"]) for i in info["inputs"]] == [
+        ("input_ids", "INT32", [1, 32], [[1, 1], [8, 32]]), ("attention_mask", "INT32", [1, 32], [[1, 1], [8, 32]])]
+    assert [(o["name"], o["dtype"]) for o in info["outputs"]] == [("logits", "FLOAT32")]
+    metadata = dict(spec.description.metadata.userDefined)
+    assert json.loads(metadata["labels"]) == LABELS
+    tokenizer = json.loads(metadata["tokenizer"])
+    assert tokenizer["vocab_size"] == 21128 and tokenizer["max_length"] == 32 and tokenizer["lowercase"] is True
+    entry = run["manifest"]["artifacts"]["coreml"]
+    assert entry["compute_units"] == "CPU_AND_NE" and entry["target"] == "iOS17"
+    parity = entry["graph_parity_vs_pytorch"]  # the torch.export'ed program that was converted vs the HF model
+    assert parity["examples"] == 8 and parity["max_abs_logit_diff"] < 1e-4 and parity["agreement"] == 1.0
+    w8 = load_spec(run["export"] / "PocketBert8Bit.mlpackage")
+    ops = {op.type for block in w8.mlProgram.functions["main"].block_specializations.values()
+           for op in block.operations}
+    assert ops & {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}  # int8 weights in the file
+    assert run["manifest"]["artifacts"]["coreml_w8"]["bytes"] < 0.65 * entry["bytes"]
+
+
+def test_personalizable_pipeline_is_updatable_and_starts_from_the_trained_head(run: dict[str, Any]) -> None:
+    info = describe(load_spec(run["export"] / "PocketBertPersonalizable.mlpackage"))
+    assert info["type"] == "pipelineClassifier" and info["is_updatable"]
+    assert [t["name"] for t in info["training_inputs"]] == ["input_ids", "attention_mask", "label"]
+    encoder, head = info["models"]
+    assert encoder["type"] == "mlProgram" and not encoder["is_updatable"]
+    assert encoder["outputs"][0]["name"] == "features" and encoder["outputs"][0]["dtype"] == "FLOAT32"
+    assert head["type"] == "neuralNetworkClassifier" and head["is_updatable"]
+    assert head["inputs"][0]["shape"] == encoder["outputs"][0]["shape"] == [64]
+    assert [(layer["type"], layer["updatable"]) for layer in head["layers"]] == [("innerProduct", True),
+                                                                                 ("softmax", False)]
+    assert head["loss"] == [{"name": "loss", "type": "categoricalCrossEntropyLossLayer"}]
+    assert head["optimizer"] == {"type": "sgdOptimizer", "learning_rate": 0.05, "batch_size": 4, "momentum": 0.0}
+    assert head["epochs"] == 3
+    head_spec = load_spec(run["export"] / "PocketBertHead.mlmodel")
+    assert list(head_spec.neuralNetworkClassifier.stringClassLabels.vector) == LABELS
+    layer = head_spec.neuralNetworkClassifier.layers[0].innerProduct
+    trained = AutoModelForSequenceClassification.from_pretrained(str(run["export"] / "pytorch")).classifier
+    assert np.allclose(np.asarray(layer.weights.floatValue).reshape(4, 64), trained.weight.detach().numpy())
+    parity = run["manifest"]["artifacts"]["coreml_personalizable"]["pipeline_parity_vs_pytorch"]
+    assert parity["max_abs_logit_diff"] < 1e-4 and parity["agreement"] == 1.0
+
+
+def test_app_assets_match_the_model_vocab_and_training_tokenizer(run: dict[str, Any], vocab_file: Path) -> None:
+    vocab = (run["export"] / "vocab.txt").read_text("utf-8").split("\n")  # not splitlines(): tokens hold U+2028
+    assert vocab == list(read_vocab_file(vocab_file)) and len(vocab) == 21128
+    assert json.loads((run["export"] / "labels.json").read_text()) == LABELS
+    golden = json.loads((run["export"] / "golden_tokens.json").read_text())
+    training_tokenizer = load_tokenizer(vocab_file)
+    assert len(golden["cases"]) == 7 + 4  # edge cases + golden_samples test headlines
+    for case in golden["cases"]:
+        ids = case["input_ids"]
+        assert ids == training_tokenizer(case["normalized"], truncation=True, max_length=32)["input_ids"]
+        assert [vocab[i] for i in ids] == case["tokens"] and ids[0] == 101 and ids[-1] == 102
+    by_text = {case["text"]: case for case in golden["cases"]}
+    assert by_text["ＮＢＡ总决赛：勇士ｖｓ凯尔特人　１２３"]["tokens"][1:5] == ["nba", "总", "决", "赛"]  # NFKC + lower
+    assert len(by_text["中国" * 200]["input_ids"]) == 32
+    assert run["manifest"]["artifacts"]["golden_tokens"]["vocab_tokenizer_matches_test_ids"] == 1.0
+
+
+def test_benchmark_covers_every_variant(run: dict[str, Any]) -> None:
+    report = json.loads((run["export"] / "benchmark.json").read_text())
+    rows = {row["variant"]: row for row in report["variants"]}
+    assert list(rows) == MODELS
+    for name in MODELS[:4]:
+        row = rows[name]
+        assert 0 < row["p50_ms"] <= row["p95_ms"] and row["throughput_per_s"] > 0 and row["parameters"] > 100_000
+        assert row["accuracy"] == pytest.approx(run["manifest"]["artifacts"][name]["accuracy"])
+    assert rows["onnx_fp32"]["agreement"] == 1.0 and rows["pytorch_fp32"]["accuracy_drop_points"] == 0.0
+    assert "p50_ms" not in rows["coreml"] and rows["coreml"]["size_mb"] > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run["run_dir"]))
+    events.Reload()
+    assert {"export/onnx_int8/accuracy", "export/coreml_w8/size_mb"} <= set(events.Tags()["scalars"])
+
+
+def test_export_command_rewrites_artifacts_from_the_checkpoint(run: dict[str, Any], tmp_path: Path) -> None:
+    checkpoint = next((run["run_dir"] / "checkpoints").glob("*.ckpt"))
+    config = yaml.safe_load((run["run_dir"] / "config.yaml").read_text())
+    config["trainer"]["callbacks"] = [
+        {"class_path": "callbacks.PyTorchExport", "init_args": {"int8": False}},
+        {"class_path": "callbacks.AppAssets", "init_args": {"golden_samples": 4}},
+        {"class_path": "callbacks.ExportBenchmark", "init_args": {"repeats": 2, "warmup": 0}},
+    ]
+    config_file = tmp_path / "export.yaml"
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True))
+    out = tmp_path / "export"
+    assert main(["export", "--ckpt", str(checkpoint), "--config", str(config_file), "--out", str(out)]) == 0
+    for name in ("vocab.txt", "labels.json", "golden_tokens.json", "pytorch/model.safetensors"):
+        assert sha256_of(out / name) == sha256_of(run["export"] / name), name
+    rows = json.loads((out / "benchmark.json").read_text())["variants"]
+    assert [r["variant"] for r in rows] == ["pytorch_fp32"]
+    assert rows[0]["accuracy"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
+
+
+def test_export_command_help_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--help"])
+    assert info.value.code == 0 and "--ckpt" in capsys.readouterr().out
+    assert main(["export", "--ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint not found: {tmp_path / 'missing.ckpt'}"
+
+
+def coreml_logits(path: Path, batches: list[dict[str, torch.Tensor]], output: str, length: int = 32) -> list[Any]:
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+    results = []
+    for batch in batches:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            padded_ids = np.zeros((1, length), dtype=np.int32)
+            padded_mask = np.zeros((1, length), dtype=np.int32)
+            padded_ids[0, :len(ids)], padded_mask[0, :len(ids)] = ids.numpy()[:length], mask.numpy()[:length]
+            results.append(model.predict({"input_ids": padded_ids, "attention_mask": padded_mask})[output])
+    return results
+
+
+@pytest.mark.macos
+def test_coreml_predictions_match_pytorch_on_macos(run: dict[str, Any],
+                                                   test_batches: list[dict[str, torch.Tensor]]) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(str(run["export"] / "pytorch")).eval()
+    reference = np.concatenate([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.detach()
+                                .numpy() for b in test_batches])
+    fp16 = np.concatenate(coreml_logits(run["export"] / "PocketBert.mlpackage", test_batches, "logits"))
+    assert np.abs(fp16 - reference).max() < 0.05  # fp16 compute
+    assert (fp16.argmax(-1) == reference.argmax(-1)).mean() >= 0.99
+    w8 = np.concatenate(coreml_logits(run["export"] / "PocketBert8Bit.mlpackage", test_batches, "logits"))
+    assert (w8.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
+    labels = coreml_logits(run["export"] / "PocketBertPersonalizable.mlpackage", test_batches, "label")
+    assert np.mean([label == LABELS[i] for label, i in zip(labels, reference.argmax(-1), strict=True)]) >= 0.99
