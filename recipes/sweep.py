@@ -34,9 +34,18 @@ def open_study(spec: SweepRecipe) -> optuna.Study:
         with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(beat.max_retry) if beat.max_retry else None
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=beat.interval,
-                                                 grace_period=beat.grace_period or 3 * beat.interval,
-                                                 heartbeat_stale_trial_callback=retry)
+            for attempt in range(5):
+                try:
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, heartbeat_interval=beat.interval,
+                        grace_period=beat.grace_period or 3 * beat.interval, heartbeat_stale_trial_callback=retry)
+                    break
+                except sqlalchemy.exc.IntegrityError:
+                    # Workers started together race to create the schema of a new storage; the loser retries
+                    # and finds it made.
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as err:  # a bad URL or a missing driver
         driver = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
         raise PocketbertError(f"cannot open the study storage {url}: {str(err).strip()}{driver}; give a URL such as "
