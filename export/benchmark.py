@@ -184,7 +184,8 @@ def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int
     lines = [header, "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
-    lines += [f"\n- {row['variant']}: {row['note']}" for row in rows if "note" in row]
+    notes = [f"- {row['variant']}: {row['note']}" for row in rows if "note" in row]
+    lines += ["", *notes] if notes else []
     return (f"CPU, {settings.threads} thread(s); latency: batch 1 x {settings.latency_length} tokens, "
             f"{settings.warmup} warm-up + {settings.repeats} timed calls; throughput: batches of "
             f"{settings.throughput_batch} real test rows; accuracy on {examples} test examples; agreement = "
