@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -77,6 +78,7 @@ def make_trainer(out: Path, epochs: int, trainer_args: dict[str, Any], callbacks
 def fit_and_test(name: str, model: L.LightningModule, dm: NewsDataModule, out: Path, epochs: int,
                  trainer_args: dict[str, Any]) -> dict[str, Any]:
     """Train, keep the best epoch by validation macro-F1, test it."""
+    shutil.rmtree(out / name, ignore_errors=True)  # a rerun must not test an older run's best.ckpt
     checkpoint = ModelCheckpoint(dirpath=out / name, monitor="val_macro_f1", mode="max", filename="best")
     timer = EpochTimer(name)
     trainer = make_trainer(out, epochs, trainer_args, [checkpoint, timer])
@@ -84,11 +86,13 @@ def fit_and_test(name: str, model: L.LightningModule, dm: NewsDataModule, out: P
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start
     metrics = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)[0]
-    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    state = best["state_dict"]
     result = {
         "test_acc": float(metrics["test_acc"]),
         "test_macro_f1": float(metrics["test_macro_f1"]),
         "shipped_params": sum(v.numel() for k, v in state.items() if k.startswith("model.")),
+        "vocab_size": len(best["pocketbert"]["vocab"]),
         "epochs": epochs,
         "epoch_s_with_validation": [round(s, 1) for s in timer.seconds],
         "fit_s": round(fit_s, 1),
@@ -117,10 +121,13 @@ def evaluate_teacher(path: Path, dm: NewsDataModule) -> dict[str, Any]:
 
 def time_epochs(make: dict[str, Any], dm: NewsDataModule, out: Path, batches: int, rounds: int,
                 trainer_args: dict[str, Any]) -> dict[str, list[float]]:
-    """Seconds per training batch of each mode, interleaved round by round after an untimed warm-up round."""
+    """Seconds per training batch of each mode, interleaved round by round (the order rotating, so that no mode
+    always runs first or last) after an untimed warm-up round."""
     seconds: dict[str, list[float]] = {name: [] for name in make}
+    names = list(make)
     for round_index in range(rounds + 1):
-        for name, build in make.items():
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            build = make[name]
             timer = EpochTimer()
             trainer = make_trainer(out, 1, trainer_args, [timer], limit_train_batches=batches if round_index else 10,
                                    limit_val_batches=0, enable_checkpointing=False)
@@ -138,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=3, help="epochs when training the teacher here")
     parser.add_argument("--epochs", type=int, default=3, help="student epochs, the same for every student")
     parser.add_argument("--limit-per-class", type=int, help="rows per class of train, dev and test (quick runs)")
-    parser.add_argument("--timing-batches", type=int, default=150, help="training batches per timed epoch")
-    parser.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (after a warm-up)")
+    parser.add_argument("--timing-batches", type=int, default=100, help="training batches per timed epoch")
+    parser.add_argument("--timing-rounds", type=int, default=5, help="interleaved timing rounds (after a warm-up)")
     parser.add_argument("--no-pruned", action="store_true", help="skip the distilled student with a pruned vocab")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill_thucnews.json")
     parser.add_argument("--seed", type=int, default=42)
@@ -198,15 +205,14 @@ def main(argv: list[str] | None = None) -> int:
                              "distill_cache": distilled}, dm, work, args.timing_batches, args.timing_rounds,
                             trainer_args)
     batches_per_epoch = -(-len(dm.datasets["train"]) // dm.batch_size)
+    # Medians over rounds: a round disturbed by other work on the machine does not move them.
     epoch_s = {name: statistics.median(values) * batches_per_epoch for name, values in per_batch.items()}
-    ratios = {name: [v / p for v, p in zip(values, per_batch["plain"], strict=True)]
-              for name, values in per_batch.items()}
     results["epoch_time"] = {
         "plain_s": round(epoch_s["plain"], 1),
         "distill_no_cache_s": round(epoch_s["distill_no_cache"], 1),
         "distill_cache_s": round(epoch_s["distill_cache"], 1),
-        "ratio_no_cache": round(statistics.median(ratios["distill_no_cache"]), 3),
-        "ratio_cache": round(statistics.median(ratios["distill_cache"]), 3),
+        "ratio_no_cache": round(epoch_s["distill_no_cache"] / epoch_s["plain"], 3),
+        "ratio_cache": round(epoch_s["distill_cache"] / epoch_s["plain"], 3),
         "ms_per_batch": {name: [round(1000 * v, 1) for v in values] for name, values in per_batch.items()},
         "batches_per_epoch": batches_per_epoch,
         "timed_batches": args.timing_batches,

@@ -310,7 +310,7 @@ class DistillationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_export_info(self, checkpoint)  # the vocab saved is the pruned one: the shipped model's ids index it
         checkpoint["pocketbert"]["distillation"] = {
-            "teacher": str(self.teacher.path) if self.teacher is not None else None,
+            "teacher": str(self.teacher.path.resolve()) if self.teacher is not None else None,  # not the `latest` link
             "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,
             "vocab_pruned": self.pruned is not None,
         }

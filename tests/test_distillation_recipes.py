@@ -61,6 +61,12 @@ def test_distill_recipe_end_to_end_on_a_real_slice(teacher_checkpoint: Path, tmp
     assert exportable.label_names == LABELS and len(exportable.vocab) < 5000  # pruned
     checkpoint = torch.load(best, weights_only=True)
     assert all(key.startswith("model.") for key in checkpoint["state_dict"])
+    # the recipe's fit-end callbacks exported every artifact of the student (issue 4), listed in the manifest
+    manifest = json.loads((best.parent / "export" / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) >= {"pytorch_fp32", "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml",
+                                          "coreml_w8", "coreml_personalizable", "vocab", "labels", "golden_tokens"}
+    assert (best.parent / "export" / "benchmark.json").is_file()
+    assert (best.parent / "export" / "vocab.txt").read_text("utf-8").rstrip("\n").split("\n") == exportable.vocab
     student = DistillationModule.load_from_checkpoint(best, weights_only=True, teacher_checkpoint=None)
     ids = torch.tensor([[student.tokenizer.cls_token_id, 5, 6, student.tokenizer.sep_token_id]])
     with torch.no_grad():
