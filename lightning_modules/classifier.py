@@ -28,6 +28,13 @@ def check_labels(label_names: list[str] | None, num_labels: int | None) -> list[
     return label_names
 
 
+def check_training_args(dropout: float, learning_rate: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise PocketbertError(f"dropout must be in [0, 1), got {dropout}")
+    if learning_rate <= 0:
+        raise PocketbertError(f"learning_rate must be positive, got {learning_rate}")
+
+
 def adamw_with_linear_warmup(
     module: L.LightningModule, parameters: list[tuple[str, torch.nn.Parameter]], learning_rate: float,
     weight_decay: float, warmup_ratio: float,
@@ -77,10 +84,7 @@ class TextClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.label_names = check_labels(label_names, num_labels)
-        if not 0.0 <= dropout < 1.0:
-            raise PocketbertError(f"dropout must be in [0, 1), got {dropout}")
-        if learning_rate <= 0:
-            raise PocketbertError(f"learning_rate must be positive, got {learning_rate}")
+        check_training_args(dropout, learning_rate)
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.model: PreTrainedModel

@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_modules.classifier import (
     adamw_with_linear_warmup,
     check_labels,
+    check_training_args,
     log_epoch_metrics,
     log_eval_step,
     raise_if_not_finite,
@@ -116,10 +117,7 @@ class DistillationModule(L.LightningModule):
             raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
         if temperature <= 0:
             raise PocketbertError(f"temperature must be positive, got {temperature}")
-        if not 0.0 <= dropout < 1.0:
-            raise PocketbertError(f"dropout must be in [0, 1), got {dropout}")
-        if learning_rate <= 0:
-            raise PocketbertError(f"learning_rate must be positive, got {learning_rate}")
+        check_training_args(dropout, learning_rate)
         if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
             raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
         if preset is not None and preset not in PRESETS:
