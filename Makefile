@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	set -o pipefail; $(PY) -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	touch $(STAMP)
 
-# The offline news16 teacher (about 10 min on 2 cores), then a small student distilled from it (about 6 min).
+# The offline news16 teacher (about 10 min on 2 cores), then a student distilled from it (about 4-6 min + exports).
 quickstart: $(STAMP)
 	$(PY) -m recipes fit --config news16_cpu.yaml
 	$(PY) -m recipes fit --config news16_distill_cpu.yaml
