@@ -11,10 +11,13 @@ from export import ExportContext, ExportError, write_app_assets
 
 
 class AppAssets(Callback):
-    """At fit end, write ``vocab.txt``, ``labels.json`` and ``golden_tokens.json`` into ``<log_dir>/export/``.
+    """At fit end, write ``vocab.txt``, ``labels.json``, ``golden_tokens.json`` and ``monitoring_baseline.json`` into
+    ``<log_dir>/export/``.
 
     ``vocab.txt`` is exactly the shipped model's vocabulary in id order; ``golden_tokens.json`` holds the token ids
-    our tokenizer gives for tricky edge cases and sample headlines, so the app's Swift tokenizer can be unit-tested.
+    our tokenizer gives for tricky edge cases and sample headlines, so the app's Swift tokenizer can be unit-tested;
+    ``monitoring_baseline.json`` is the predicted-class distribution on the test set that
+    ``python -m recipes drift`` compares field predictions with.
 
     Args:
         golden_texts: Sentences for the golden file besides the built-in edge cases; default: test headlines.

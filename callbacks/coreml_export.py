@@ -30,7 +30,9 @@ class CoreMLExport(Callback):
     Files: ``<name>.mlpackage`` (ML Program: int32 ``input_ids``/``attention_mask`` of shape
     (1, sequence_length) -> ``logits``; labels and tokenizer settings in its metadata), ``<name>8Bit.mlpackage``
     (8-bit weights) and ``<name>Personalizable.mlpackage`` (a pipeline classifier: frozen encoder + updatable
-    NeuralNetwork head for ``MLUpdateTask``; its parts also as ``<name>Encoder.mlpackage`` and ``<name>Head.mlmodel``).
+    NeuralNetwork head for ``MLUpdateTask``; its parts also as ``<name>Encoder.mlpackage`` and ``<name>Head.mlmodel``),
+    and ``personalization.json`` (the original head weights, to restore, and the golden check deciding whether an
+    on-device update is kept; rehearse the update with ``python -m recipes personalize --run RUN_DIR``).
 
     Args:
         name: Model name (Xcode derives the generated Swift class from the file name).
@@ -41,7 +43,8 @@ class CoreMLExport(Callback):
         compute_precision: Precision of the ML Program's weights and activations.
         quantize_8bit: Also write the 8-bit weight-quantized model.
         personalizable: Also write the updatable pipeline (and its encoder and head).
-        updatable_head: On-device training settings of the updatable head (default: SGD lr 0.01, batch 8, 10 epochs).
+        updatable_head: On-device training settings and rollback rule of the updatable head (default: SGD lr 0.003,
+            batch 8, 10 epochs; reject an update that costs more than 2 points of golden accuracy).
         parity_examples: Test examples checked through the converted graph against PyTorch.
         preflight: At fit start, trial-convert the untrained model so an unsupported op fails in seconds.
     """

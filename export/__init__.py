@@ -11,6 +11,8 @@ from export.errors import ExportError
 from export.evaluation import EvalSet
 from export.files import MANIFEST, read_manifest, start_manifest
 from export.graph import ClassifierGraph, ShippedModel, check_exportable
+from export.monitoring import DriftThresholds, build_baseline, drift_check
+from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update
 from export.steps import preflight, write_app_assets, write_benchmark, write_coreml, write_onnx, write_pytorch
 
 __all__ = [
@@ -19,17 +21,25 @@ __all__ = [
     "ClassifierGraph",
     "ComputeUnits",
     "DeploymentTarget",
+    "DriftThresholds",
     "EvalSet",
     "ExportContext",
     "ExportError",
+    "HeadUpdate",
     "Precision",
     "ScalarWriter",
     "ShippedModel",
     "TimingSettings",
     "UpdatableHead",
+    "UserSimulation",
+    "build_baseline",
     "check_exportable",
+    "drift_check",
     "preflight",
+    "read_head_update",
     "read_manifest",
+    "rehearse",
+    "replay_update",
     "start_manifest",
     "write_app_assets",
     "write_benchmark",

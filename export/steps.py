@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import coreml
+from export import coreml, monitoring, personalization
 from export.assets import EDGE_CASES, tokenizer_settings, write_golden_tokens, write_labels, write_vocab
 from export.benchmark import Budgets, TimingSettings, check_budgets, run_benchmark, write_reports
 from export.context import ExportContext
@@ -28,7 +28,7 @@ from export.evaluation import (
     predict_all,
     torch_predictor,
 )
-from export.files import record
+from export.files import record, write_json
 from export.graph import ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
 from export.torch_export import load_torchscript, quantize_int8, save_pytorch, save_torchscript
@@ -128,7 +128,25 @@ def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any]
     record(out, "coreml_personalizable", "coreml", path, spec=spec, pipeline_parity_vs_pytorch=checks,
            updatable_head=vars(head), **settings)
     record(out, "coreml_encoder", "coreml-part", out / f"{name}Encoder.mlpackage")
-    record(out, "coreml_head", "coreml-part", out / f"{name}Head.mlmodel")
+    head_entry = record(out, "coreml_head", "coreml-part", out / f"{name}Head.mlmodel")
+    write_rollback(ctx, out / f"{name}Head.mlmodel", head_entry["sha256"], head)
+
+
+def write_rollback(ctx: ExportContext, head_path: Path, head_sha256: str, head: coreml.UpdatableHead) -> None:
+    """``personalization.json``: the original head weights and the golden check that decides whether to keep an
+    on-device update (see :func:`export.personalization.rollback_bundle`)."""
+    update = personalization.read_head_update(coreml.load_spec(head_path))
+    size = min(head.golden_check_size, len(ctx.eval_set))
+    labels = ctx.eval_set.labels[:size]
+    accuracy = float(np.mean(ctx.reference_logits[:size].argmax(axis=1) == np.asarray(labels))) if size else 0.0
+    payload = personalization.rollback_bundle(
+        update.weight, update.bias, update.labels, update.settings(), head_file=head_path.name,
+        head_sha256=head_sha256, max_golden_drop=head.max_golden_accuracy_drop,
+        golden_ids=ctx.eval_set.token_ids[:size], golden_labels=labels, golden_accuracy=accuracy)
+    path = ctx.export_dir / "personalization.json"
+    write_json(path, payload)
+    record(ctx.export_dir, "personalization", "json", path, golden_check_examples=size,
+           max_golden_accuracy_drop=head.max_golden_accuracy_drop)
 
 
 def head_parity(program: torch.export.ExportedProgram, head_spec: Any, ctx: ExportContext, sequence_length: int,
@@ -173,6 +191,18 @@ def write_app_assets(ctx: ExportContext, golden_texts: list[str] | None = None, 
     write_golden_tokens(ctx.tokenizer, texts, shipped.max_length, out / "golden_tokens.json")
     record(out, "golden_tokens", "json", out / "golden_tokens.json", cases=len(texts),
            **tokenizer_agreement(ctx))
+    write_monitoring_baseline(ctx)
+
+
+def write_monitoring_baseline(ctx: ExportContext) -> None:
+    """``monitoring_baseline.json``: the shipped model's predicted-class shares on the golden (test) set."""
+    predicted = ctx.reference_logits.argmax(axis=1)
+    payload = monitoring.build_baseline(predicted, ctx.shipped.label_names, true_labels=ctx.eval_set.labels,
+                                        source=f"PyTorch fp32 predictions of {ctx.shipped.source} on the test set")
+    path = ctx.export_dir / "monitoring_baseline.json"
+    write_json(path, payload)
+    record(ctx.export_dir, "monitoring_baseline", "json", path, predictions=payload["predictions"],
+           thresholds=payload["thresholds"])
 
 
 def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from export.errors import ExportError
 from lightning_modules.errors import PocketbertError
 
 # Subcommands that are not Trainer entry points: name -> "module:function(argv) -> int".
-TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.export_cmd:main"}
+TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.export_cmd:main",
+                         "personalize": "recipes.personalize_cmd:main", "drift": "recipes.drift_cmd:main"}
 
 
 def user_error(exc: BaseException) -> PocketbertError | ExportError | None:

@@ -186,6 +186,55 @@ def test_app_assets_match_the_model_vocab_and_training_tokenizer(run: dict[str, 
     assert run["manifest"]["artifacts"]["golden_tokens"]["vocab_tokenizer_matches_test_ids"] == 1.0
 
 
+def test_bundle_holds_the_monitoring_baseline_and_the_original_head(
+        run: dict[str, Any], test_batches: list[dict[str, torch.Tensor]]) -> None:
+    export, artifacts = run["export"], run["manifest"]["artifacts"]
+    model = AutoModelForSequenceClassification.from_pretrained(str(export / "pytorch")).eval()
+    with torch.inference_mode():
+        predicted = np.concatenate([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                                    .argmax(dim=1).numpy() for b in test_batches])
+    baseline = json.loads((export / "monitoring_baseline.json").read_text())
+    assert baseline["labels"] == LABELS and baseline["predictions"] == len(predicted)
+    assert baseline["predicted_counts"] == np.bincount(predicted, minlength=4).tolist()
+    assert sum(baseline["predicted_distribution"]) == pytest.approx(1.0)
+    assert artifacts["monitoring_baseline"]["sha256"] == sha256_of(export / "monitoring_baseline.json")
+
+    bundle = json.loads((export / "personalization.json").read_text())
+    assert bundle["head_sha256"] == artifacts["coreml_head"]["sha256"] and bundle["labels"] == LABELS
+    assert np.allclose(np.asarray(bundle["original_head"]["weight"]), model.classifier.weight.detach().numpy())
+    assert np.allclose(np.asarray(bundle["original_head"]["bias"]), model.classifier.bias.detach().numpy())
+    assert bundle["update"] == {"learning_rate": 0.05, "batch_size": 4, "epochs": 3, "momentum": 0.0,
+                                "shuffle": True, "seed": None}
+    rollback = bundle["rollback"]
+    assert rollback["max_golden_accuracy_drop"] == 0.05  # from the recipe's updatable_head
+    check = rollback["golden_check"]["examples"]
+    assert len(check) == 32 and [c["label"] for c in check] == [int(b) for b in
+                                                                 torch.cat([b["labels"] for b in test_batches])[:32]]
+    assert rollback["golden_check"]["accuracy_before"] == pytest.approx(
+        np.mean(predicted[:32] == np.asarray([c["label"] for c in check])))
+
+
+def test_personalize_command_replays_the_bundle_head_for_simulated_users(run: dict[str, Any], tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "personalization"
+    assert main(["personalize", "--run", str(run["run_dir"]), "--users", "6", "--feedback", "12",
+                 "--later-items", "30", "--interest-classes", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["head_update"]["learning_rate"] == 0.05 and report["head_update"]["epochs"] == 3
+    assert report["max_golden_accuracy_drop"] == 0.05  # the recipe's threshold, read from the bundle
+    # the features path (export graph -> head weights) reproduces the model's accuracy on the golden (test) set
+    assert report["golden_accuracy_before"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
+    assert len(report["users"]) == 6 and report["golden_examples"] == run["manifest"]["test_examples"]
+    for row in report["users"]:
+        assert 0 <= row["user_accuracy_after"] <= 1 and len(row["interests"]) == 1
+        assert row["rejected"] == (row["forgetting"] > 0.05)
+    assert "| gain |" in (out / "report.md").read_text() and "| gain |" in capsys.readouterr().out
+    assert main(["personalize", "--run", str(run["run_dir"]), "--max-golden-drop", "3"]) == 2
+    assert "--max-golden-drop must be in [0, 1], got 3.0" in capsys.readouterr().err
+    assert main(["personalize", "--run", str(tmp_path)]) == 2
+    assert "has no export/manifest.json" in capsys.readouterr().err
+
+
 def test_benchmark_covers_every_variant(run: dict[str, Any]) -> None:
     report = json.loads((run["export"] / "benchmark.json").read_text())
     rows = {row["variant"]: row for row in report["variants"]}
@@ -257,3 +306,24 @@ def test_coreml_predictions_match_pytorch_on_macos(run: dict[str, Any],
     assert (w8.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
     labels = coreml_logits(run["export"] / "PocketBertPersonalizable.mlpackage", test_batches, "label")
     assert np.mean([label == LABELS[i] for label, i in zip(labels, reference.argmax(-1), strict=True)]) >= 0.99
+
+
+@pytest.mark.macos
+def test_bundle_head_predicts_what_the_replay_starts_from_on_macos(run: dict[str, Any],
+                                                                   test_batches: list[dict[str, torch.Tensor]]) -> None:
+    """Core ML runs the head on the replay's pooled features and gives the replay's starting probabilities."""
+    import coremltools as ct
+
+    from export.evaluation import EvalSet
+    from export.personalization import pooled_features, read_head_update
+
+    head = read_head_update(load_spec(run["export"] / "PocketBertHead.mlmodel"))
+    model = AutoModelForSequenceClassification.from_pretrained(str(run["export"] / "pytorch")).eval()
+    features = pooled_features(model, EvalSet.from_batches(test_batches, limit=32))
+    coreml_head = ct.models.MLModel(str(run["export"] / "PocketBertHead.mlmodel"))
+    logits = features @ head.weight.T + head.bias
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for row, probabilities in zip(features, expected, strict=True):
+        out = coreml_head.predict({"features": row.astype(np.float32)})["labelProbabilities"]
+        assert np.allclose([out[label] for label in LABELS], probabilities, atol=1e-4)
