@@ -122,7 +122,8 @@ def drift_check(baseline: dict[str, Any], predictions: Sequence[int | str],
     """Compare new predictions (label names or ids) with a baseline from :func:`build_baseline`.
 
     Returns PSI, KL, their statuses and the overall one (the worse of the two), the noise floor of PSI for this
-    many predictions, a warning when that floor exceeds half the moderate threshold, and per-class shares.
+    many predictions, ``reliable`` (false, with a warning, when that floor exceeds half the moderate threshold:
+    sampling noise alone could raise the status), and per-class shares.
     """
     labels: list[str] = list(baseline["labels"])
     limits = thresholds or DriftThresholds(**baseline.get("thresholds", {}))
@@ -141,7 +142,8 @@ def drift_check(baseline: dict[str, Any], predictions: Sequence[int | str],
         "per_class": [{"label": label, "baseline": float(b), "new": float(n), "psi_term": float(term)}
                       for label, b, n, term in zip(labels, base, new, psi_terms(base, new, epsilon), strict=True)],
     }
-    if floor > limits.psi_moderate / 2:
+    report["reliable"] = floor <= limits.psi_moderate / 2
+    if not report["reliable"]:
         needed = _predictions_needed(classes, int(baseline["predictions"]), limits.psi_moderate / 2)
         report["warning"] = (f"only {len(ids)} predictions: sampling noise alone gives PSI ~{floor:.3f}; "
                              f"collect {needed or 'more'}+ for a reliable check")

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"with a {'/'.join(COLUMNS)} column")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--fail-on", choices=["never", "moderate", "significant"], default="never",
-                        help="exit with status 1 at this drift level or worse (default: %(default)s)")
+                        help="exit with status 1 at this drift level or worse, when the check is reliable (enough "
+                        "predictions; default: %(default)s)")
     for name, value in vars(DriftThresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None,
                             help=f"threshold override (default: the baseline's, normally {value})")
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     print("largest shifts: " + ", ".join(f"{row['label']} {row['baseline']:.3f}->{row['new']:.3f}" for row in top))
     if "warning" in report:
         print(f"warning: {report['warning']}")
-    print(f"drift: {report['status']}")
+    print(f"drift: {report['status']}" + ("" if report["reliable"] else " (unreliable: too few predictions)"))
     if args.json is not None:
         write_json(args.json, report)
-    failing = args.fail_on != "never" and SEVERITY[report["status"]] >= SEVERITY[args.fail_on]
+    # An unreliable check (too few predictions) never fails a job: noise alone can reach the thresholds.
+    failing = (args.fail_on != "never" and report["reliable"]
+               and SEVERITY[report["status"]] >= SEVERITY[args.fail_on])
     return 1 if failing else 0

@@ -157,7 +157,7 @@ def test_drift_check_flags_a_shift_and_not_a_resample() -> None:
     shifted = drift_check(baseline, [labels[i] for i in rng.choice(5, size=3000, p=[0.05, 0.1, 0.2, 0.25, 0.4])])
     assert shifted["status"] == shifted["psi_status"] == "significant" and shifted["psi"] > 0.25
     few = drift_check(baseline, ["c0", "c1", "c2"] * 5)
-    assert "sampling noise alone" in few["warning"]
+    assert "sampling noise alone" in few["warning"] and not few["reliable"] and same["reliable"]
     strict = drift_check(baseline, same_predictions := list(golden[:3000]), DriftThresholds(psi_moderate=0.0))
     assert strict["psi_status"] in ("moderate", "significant") and len(same_predictions) == 3000
     with pytest.raises(ExportError, match="neither a label name nor a class id"):
@@ -177,6 +177,10 @@ def test_drift_command_exit_codes_and_one_line_errors(tmp_path: Path, capsys: py
                  "--fail-on", "moderate", "--json", str(report)]) == 1
     assert "drift: significant" in capsys.readouterr().out
     assert json.loads(report.read_text())["psi"] > 0.25
+    (tmp_path / "few.txt").write_text("a\n" * 20)  # all one class, but 20 predictions are too few to fail a job
+    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "few.txt"),
+                 "--fail-on", "moderate"]) == 0
+    assert "drift: significant (unreliable: too few predictions)" in capsys.readouterr().out
     (tmp_path / "bad.txt").write_text("a\nzebra\n")
     assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "bad.txt")]) == 2
     err = capsys.readouterr().err.strip()
