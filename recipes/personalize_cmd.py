@@ -102,6 +102,20 @@ def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> 
                               build_tokenizer(exportable.vocab), exportable.max_length)
 
 
+def log_to_tensorboard(run: Path, report: dict[str, Any], text: str) -> None:
+    """Summary means as ``personalization/*`` scalars and the Markdown report as text, in the run's TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run))
+    try:
+        for key, spread in report["summary"].items():
+            writer.add_scalar(f"personalization/{key}", spread["mean"])
+        writer.add_scalar("personalization/updates_rejected", report["updates_rejected"])
+        writer.add_text("personalization/report", text)
+    finally:
+        writer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Path = args.run
@@ -144,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown_report(report)
     write_json(out / "report.json", report)
     write_text(out / "report.md", f"# Personalization rehearsal: {run}\n\n{text}\n")
+    if args.out is None and any(run.glob("events.out.tfevents.*")):
+        log_to_tensorboard(run, report, text)
     print(f"\n{text}\n\nreport: {out / 'report.json'}, {out / 'report.md'}")
     return 0
 

@@ -216,9 +216,9 @@ def test_bundle_holds_the_monitoring_baseline_and_the_original_head(
 
 def test_personalize_command_replays_the_bundle_head_for_simulated_users(run: dict[str, Any], tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "personalization"
+    out = run["run_dir"] / "personalization"  # the default: the report lands in the run, scalars in its TensorBoard
     assert main(["personalize", "--run", str(run["run_dir"]), "--users", "6", "--feedback", "12",
-                 "--later-items", "30", "--interest-classes", "1", "--out", str(out)]) == 0
+                 "--later-items", "30", "--interest-classes", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["head_update"]["learning_rate"] == 0.05 and report["head_update"]["epochs"] == 3
     assert report["max_golden_accuracy_drop"] == 0.05  # the recipe's threshold, read from the bundle
@@ -229,6 +229,12 @@ def test_personalize_command_replays_the_bundle_head_for_simulated_users(run: di
         assert 0 <= row["user_accuracy_after"] <= 1 and len(row["interests"]) == 1
         assert row["rejected"] == (row["forgetting"] > 0.05)
     assert "| gain |" in (out / "report.md").read_text() and "| gain |" in capsys.readouterr().out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run["run_dir"]))
+    events.Reload()
+    gain = events.Scalars("personalization/gain")[-1].value
+    assert gain == pytest.approx(report["summary"]["gain"]["mean"], abs=1e-6)
     assert main(["personalize", "--run", str(run["run_dir"]), "--max-golden-drop", "3"]) == 2
     assert "--max-golden-drop must be in [0, 1], got 3.0" in capsys.readouterr().err
     assert main(["personalize", "--run", str(tmp_path)]) == 2
