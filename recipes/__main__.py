@@ -13,6 +13,18 @@ TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.expor
                          "personalize": "recipes.personalize_cmd:main", "drift": "recipes.drift_cmd:main"}
 
 
+TOOLS_HELP = """pocketbert: python -m recipes SUBCOMMAND [--help]
+
+Recipes (LightningCLI; --config NAME.yaml, a bare name resolves in recipes/):
+  fit, validate, test, predict
+Tools:
+  export       write the fit-end artifacts (INT8, ONNX, Core ML, app assets, benchmark) from a checkpoint
+  sweep        Optuna sweep of learning rate and dropout over a recipe
+  personalize  rehearse the on-device Core ML head update on simulated users (gain, forgetting, rollback)
+  drift        compare field predictions with the bundle's monitoring baseline (PSI, KL)
+"""
+
+
 def user_error(exc: BaseException) -> PocketbertError | ExportError | None:
     """The PocketbertError behind ``exc``: jsonargparse wraps errors raised while instantiating classes."""
     seen: set[int] = set()
@@ -30,6 +42,8 @@ def user_error(exc: BaseException) -> PocketbertError | ExportError | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(TOOLS_HELP)
     try:
         if args and args[0] in TOOLS:
             module_name, function_name = TOOLS[args[0]].split(":")

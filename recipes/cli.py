@@ -54,7 +54,7 @@ class PocketbertCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             # raise instead of printing usage + a multi-line message; recipes/__main__.py condenses it to one line
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "python -m recipes"},
             run=run,
             auto_configure_optimizers=False,
         )

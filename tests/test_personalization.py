@@ -187,3 +187,12 @@ def test_drift_command_exit_codes_and_one_line_errors(tmp_path: Path, capsys: py
     assert err.startswith("error: prediction 2 is 'zebra'") and "\n" not in err
     assert main(["drift", "--baseline", str(tmp_path / "nowhere"), "--predictions", str(tmp_path / "bad.txt")]) == 2
     assert "no monitoring_baseline.json" in capsys.readouterr().err
+
+
+def test_top_level_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "usage: python -m recipes" in out
+    for tool in ("export", "sweep", "personalize", "drift", "fit, validate, test, predict"):
+        assert tool in out
