@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,18 @@ def export_onnx(shipped: ShippedModel, path: Path, opset: int = 18) -> None:
 
 def quantize_onnx_int8(source: Path, path: Path) -> None:
     """ONNX Runtime dynamic quantization: int8 MatMul weights (per channel), activations quantized at run time."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(path) as tmp, _quiet("root"):
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    # The exporter's value_info holds shapes from the trace example; onnxruntime <= 1.30's shape inference in
+    # quantize_dynamic rejects them ("Inferred shape and existing shape differ"), so quantize a copy without them.
+    model = onnx.load(str(source))
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory(prefix="pocketbert-onnx-") as folder:
+        stripped = Path(folder) / "model.onnx"
+        onnx.save(model, str(stripped))
+        with atomic_path(path) as tmp, _quiet("root"):
+            quantize_dynamic(str(stripped), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:
