@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from export import EvalSet, ExportContext, ExportError, ShippedModel, start_manifest
@@ -26,7 +26,19 @@ _CACHE: weakref.WeakKeyDictionary[L.Trainer, tuple[str, ExportContext]] = weakre
 
 
 def export_dir(trainer: L.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+    """``<log dir>/export``, read on this rank without a collective call.
+
+    ``trainer.log_dir`` broadcasts rank 0's value to every rank. Exporters run on rank 0 alone (at fit end, while
+    the other ranks move on to the CLI's test), so under DDP that broadcast would pair with the other ranks' next
+    collective call and hang the run. This is the same lookup as ``trainer.log_dir``, minus the broadcast.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    log_dir: str | None
+    if isinstance(logger, TensorBoardLogger | CSVLogger):
+        log_dir = logger.log_dir
+    else:
+        log_dir = getattr(logger, "save_dir", None) if logger is not None else None
+    return Path(log_dir or trainer.default_root_dir) / "export"
 
 
 def shipped_model(trainer: L.Trainer, pl_module: L.LightningModule) -> ShippedModel:

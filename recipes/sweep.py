@@ -24,8 +24,36 @@ from recipes.sweep_trial import TrialFailed, objective
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+# pip packages of the database drivers SQLAlchemy imports for a storage URL (SQLAlchemy 2.1 reads a bare
+# postgresql:// as psycopg 3, 2.0 as psycopg2; postgresql+psycopg2:// picks psycopg2 on both)
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL",
+                   "MySQLdb": "mysqlclient"}
+
+
+def missing_driver_hint(err: BaseException) -> str:
+    """`` (pip install ...)`` when opening the storage failed because its database driver is not installed (Optuna
+    re-raises SQLAlchemy's failed import as an ImportError that names no module; the cause names it)."""
+    cause: BaseException | None = err
+    for _ in range(8):  # a short chain; bounded in case of a cycle
+        if cause is None or (isinstance(cause, ModuleNotFoundError) and cause.name):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, ModuleNotFoundError) or not cause.name:
+        return ""
+    module = cause.name.split(".")[0]
+    return f" (the driver {module} is not installed: pip install '{DRIVER_PACKAGES.get(module, module)}')"
+
+
+def shown_url(url: str) -> str:
+    """The storage URL as printed: its password masked (``postgresql://user:***@host/db``), so logs hold none."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
 def open_study(spec: SweepRecipe) -> optuna.Study:
-    url = spec.storage_url
+    url, shown = spec.storage_url, shown_url(spec.storage_url)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     beat = spec.heartbeat
@@ -47,9 +75,9 @@ def open_study(spec: SweepRecipe) -> optuna.Study:
                         raise
                     time.sleep(0.5 * (attempt + 1))
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as err:  # a bad URL or a missing driver
-        driver = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if url.startswith("postgres") else ""
-        raise PocketbertError(f"cannot open the study storage {url}: {str(err).strip()}{driver}; give a URL such as "
-                              "sqlite:///sweeps/study.db or postgresql://user:password@host/db") from err
+        raise PocketbertError(f"cannot open the study storage {shown}: {str(err).strip()}{missing_driver_hint(err)}; "
+                              "give a URL such as sqlite:///sweeps/study.db or postgresql://user:password@host/db"
+                              ) from err
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if spec.pruner.kind == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.n_startup_trials,
@@ -59,9 +87,9 @@ def open_study(spec: SweepRecipe) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=spec.resolved_direction,
                                     pruner=pruner, load_if_exists=True)
     except ValueError as err:
-        raise PocketbertError(f"study {spec.study_name} in {url}: {err}; use a new study_name") from err
+        raise PocketbertError(f"study {spec.study_name} in {shown}: {err}; use a new study_name") from err
     if study.direction.name.lower() != spec.resolved_direction:
-        raise PocketbertError(f"study {spec.study_name} in {url} was created to {study.direction.name.lower()} "
+        raise PocketbertError(f"study {spec.study_name} in {shown} was created to {study.direction.name.lower()} "
                               f"its metric, this sweep asks to {spec.resolved_direction}; use a new study_name")
     # A resumed study must not replay the random startup trials it already ran.
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials),
@@ -78,8 +106,8 @@ def run(spec: SweepRecipe) -> int:
         optuna.storages.fail_stale_trials(study)  # trials of a killed worker, once their heartbeat is overdue
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     todo = max(0, spec.n_trials - finished)
-    print(f"[sweep {spec.study_name}] storage {spec.storage_url}: {finished} of {spec.n_trials} trials finished, "
-          f"running {todo}", flush=True)
+    print(f"[sweep {spec.study_name}] storage {shown_url(spec.storage_url)}: {finished} of {spec.n_trials} trials "
+          f"finished, running {todo}", flush=True)
     started = time.perf_counter()
     if todo:
         try:
@@ -100,7 +128,7 @@ def main(argv: list[str]) -> int:
     if dry_run:
         check_training_config(spec)
         print(f"sweep {spec.study_name}: {spec.n_trials} trials of {spec.recipe}, {spec.resolved_direction} "
-              f"{spec.metric}\nstorage: {spec.storage_url}\nruns: {spec.study_dir}/trial_<n>\nsearch space:")
+              f"{spec.metric}\nstorage: {shown_url(spec.storage_url)}\nruns: {spec.study_dir}/trial_<n>\nsearch space:")
         for key, param in spec.search_space.items():
             where = f"one of {param.choices}" if param.kind == "categorical" else f"[{param.low}, {param.high}]"
             print(f"  {key}: {param.kind} {where}{' (log)' if param.log else ''}")

@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from recipes.__main__ import main
+from recipes.cli import write_text_atomic
 from tests.conftest import REPO
 
 FOUR_CLASSES = "[sports,finance,car,game]"
@@ -49,6 +52,19 @@ def test_hub_recipe_fails_fast_offline() -> None:
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: cannot download") and "news16_cpu.yaml" in last_line
     assert time.perf_counter() - start < 60  # mostly interpreter and import start-up; no 50 s hub retries
+
+
+def test_metrics_file_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "test_metrics.json"
+    write_text_atomic(path, '{"test_acc": 0.5}\n')
+    write_text_atomic(path, '{"test_acc": 0.75}\n')  # replaces the old file
+    assert json.loads(path.read_text()) == {"test_acc": 0.75}
+    assert path.stat().st_mode & 0o777 == 0o644
+    # a write that fails midway (a lone surrogate cannot be encoded) leaves the previous file whole and no temp file
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, '{"test_acc": 0.9, "note": "\ud800"}\n')
+    assert json.loads(path.read_text()) == {"test_acc": 0.75}
+    assert [p.name for p in tmp_path.iterdir()] == ["test_metrics.json"]
 
 
 def _env() -> dict[str, str]:

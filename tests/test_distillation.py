@@ -20,6 +20,7 @@ from lightning_modules.teacher_cache import cached_teacher_logits, load_teacher
 from lightning_modules.token_cache import tokenize
 from lightning_modules.vocab_pruning import PrunedVocab
 from tests.conftest import NEWS16
+from tests.helpers import train_tiny_teacher
 
 LABELS = NEWS16[:3]  # baby, car, discovery
 TEACHER = EncoderSpec(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -38,14 +39,8 @@ def datamodule(cache_dir: Path, per_class: int = 40, labels: list[str] = LABELS)
 
 
 def train_teacher(path: Path, cache_dir: Path) -> Path:
-    L.seed_everything(0)
-    dm = datamodule(cache_dir)
-    model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TEACHER,
-                           learning_rate=3e-3)
-    fit = trainer(path.parent, max_epochs=2)
-    fit.fit(model, datamodule=dm)
-    fit.save_checkpoint(path)
-    return path
+    return train_tiny_teacher(path, TEACHER, labels=LABELS, limit_per_class=40, batch_size=16, max_epochs=2,
+                              cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from lightning_modules import DistillationModule, EncoderSpec, NewsDataModule, TextClassifier, load_exportable
+from lightning_modules import DistillationModule, EncoderSpec, load_exportable
 from recipes.__main__ import main
 from tests.conftest import NEWS16, REPO
+from tests.helpers import train_tiny_teacher
 
 LABELS = NEWS16[:3]
 
@@ -24,17 +24,9 @@ LABELS = NEWS16[:3]
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli_teacher")
-    L.seed_everything(0)
-    dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=LABELS, limit_per_class=40, batch_size=16,
-                        cache_dir=folder / "cache")
     spec = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=128)
-    model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=spec,
-                           learning_rate=3e-3)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(folder / "teacher.ckpt")
-    return folder / "teacher.ckpt"
+    return train_tiny_teacher(folder / "teacher.ckpt", spec, labels=LABELS, limit_per_class=40, batch_size=16,
+                              max_epochs=2, cache_dir=folder / "cache")
 
 
 def test_distill_recipe_end_to_end_on_a_real_slice(teacher_checkpoint: Path, tmp_path: Path) -> None:

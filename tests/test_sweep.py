@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_bad_sweep_settings_are_one_line_errors(tmp_path: Path, fields: dict[str
     code = main(["sweep", "--config", str(config), *(["--dry_run"] if "storage" not in fields else [])])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+@pytest.mark.parametrize(("scheme", "module", "package"), [
+    ("postgresql+psycopg", "psycopg", "psycopg[binary]"),
+    ("postgresql+psycopg2", "psycopg2", "psycopg2-binary"),
+])
+def test_missing_database_driver_names_the_package_to_install(
+    tmp_path: Path, scheme: str, module: str, package: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` fails as if the driver were not installed
+    config = write_sweep(tmp_path, storage=f"{scheme}://user:password@127.0.0.1:9/sweeps")
+    code = main(["sweep", "--config", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"error: cannot open the study storage {scheme}://") and err.count(module) >= 2, err
+    assert f"(the driver {module} is not installed: pip install '{package}')" in err, err
 
 
 def test_unknown_sweep_field_is_rejected_by_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,24 +1,45 @@
-"""Two sweep workers sharing one Optuna storage finish a study with no duplicated or lost trials."""
+"""Two sweep workers sharing one Optuna storage finish a study with no duplicated or lost trials: SQLite, and a real
+PostgreSQL server when ``POCKETBERT_TEST_POSTGRES_URL`` names one (``.ci/run`` starts a throwaway server)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import optuna
+import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
-from tests.test_sweep import TINY_OVERRIDES, load_study, write_sweep
+from tests.test_sweep import TINY_OVERRIDES, write_sweep
+
+POSTGRES_URL = os.environ.get("POCKETBERT_TEST_POSTGRES_URL", "")
+NO_POSTGRES = ("POCKETBERT_TEST_POSTGRES_URL is not set: no PostgreSQL server to test against (.ci/run starts a "
+               "throwaway one when PostgreSQL is installed; by hand: .ci/postgres.sh .venv/bin/pytest "
+               "tests/test_sweep_workers.py)")
 
 
-def test_two_workers_share_one_study(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)),
+])
+def test_two_workers_share_one_study(tmp_path: Path, backend: str) -> None:
     n_trials = 4
-    config = write_sweep(tmp_path, n_trials=n_trials, pruner={"kind": "none"},
+    fields: dict[str, object] = {}
+    name = "tiny_sweep"
+    if backend == "postgresql":
+        name = f"tiny_sweep_{uuid.uuid4().hex[:8]}"  # the database outlives the test: a study of its own
+        fields["storage"] = POSTGRES_URL
+    config = write_sweep(tmp_path, name=name, n_trials=n_trials, pruner={"kind": "none"},
                          overrides={**TINY_OVERRIDES, "trainer.max_epochs": 1,
-                                    "data.init_args.cache_dir": str(tmp_path / "cache")})
+                                    "data.init_args.cache_dir": str(tmp_path / "cache")}, **fields)
+    storage = POSTGRES_URL if backend == "postgresql" else f"sqlite:///{tmp_path / 'tb_logs' / name / 'study.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # started together: both race to create the storage's schema and the study
     workers = [
         subprocess.Popen([sys.executable, "-m", "recipes", "sweep", "--config", str(config), "--seed", str(seed)],
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -27,11 +48,22 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n".join(out[-2000:] for out in outputs)
 
-    trials = load_study(tmp_path).get_trials()
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers))  # no trial recorded twice
-    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]  # none lost or stuck
-    # each worker stops once the study has n_trials finished; one may have had a trial in flight at that moment
-    assert n_trials <= len(trials) <= n_trials + 1
-    run_dirs = sorted(p.name for p in (tmp_path / "tb_logs" / "tiny_sweep").glob("trial_*"))
-    assert run_dirs == sorted(f"trial_{n}" for n in numbers)  # one run dir per trial, none overwritten
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        numbers = [t.number for t in trials]
+        assert len(numbers) == len(set(numbers))  # no trial recorded twice
+        assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]  # none lost or stuck
+        # each worker stops once the study has n_trials finished; one may have had a trial in flight at that moment
+        assert n_trials <= len(trials) <= n_trials + 1
+        run_dirs = sorted(p.name for p in (tmp_path / "tb_logs" / name).glob("trial_*"))
+        assert run_dirs == sorted(f"trial_{n}" for n in numbers)  # one run dir per trial, none overwritten
+        assert all(0.0 <= t.value <= 1.0 for t in trials if t.value is not None)  # a val_macro_f1 each
+        if backend == "postgresql":
+            assert not list(tmp_path.rglob("*.db"))  # the study lived in PostgreSQL, not in a SQLite file
+            password = sqlalchemy.engine.make_url(POSTGRES_URL).password
+            for out in outputs:  # the workers print where the study is, never the password
+                assert f"storage {sqlalchemy.engine.make_url(POSTGRES_URL).render_as_string()}" in out, out[-2000:]
+                assert not password or password not in out
+    finally:
+        if backend == "postgresql":
+            optuna.delete_study(study_name=name, storage=storage)
