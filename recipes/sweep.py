@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -52,6 +53,21 @@ def shown_url(url: str) -> str:
         return url
 
 
+def rdb_storage(url: str, attempts: int = 6, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried while workers started together race to create a new storage's schema."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            # The loser of the race sees a duplicate row (IntegrityError) or, on SQLite, "table alembic_version
+            # already exists"; retried, it finds the schema made.
+            racing = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in str(err)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(spec: SweepRecipe) -> optuna.Study:
     url, shown = spec.storage_url, shown_url(spec.storage_url)
     if url.startswith("sqlite:///"):
@@ -62,18 +78,9 @@ def open_study(spec: SweepRecipe) -> optuna.Study:
         with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(beat.max_retry) if beat.max_retry else None
-            for attempt in range(5):
-                try:
-                    storage = optuna.storages.RDBStorage(
-                        url, engine_kwargs=engine_kwargs, heartbeat_interval=beat.interval,
-                        grace_period=beat.grace_period or 3 * beat.interval, heartbeat_stale_trial_callback=retry)
-                    break
-                except sqlalchemy.exc.IntegrityError:
-                    # Workers started together race to create the schema of a new storage; the loser retries
-                    # and finds it made.
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.5 * (attempt + 1))
+            storage = rdb_storage(url, engine_kwargs=engine_kwargs, heartbeat_interval=beat.interval,
+                                  grace_period=beat.grace_period or 3 * beat.interval,
+                                  heartbeat_stale_trial_callback=retry)
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as err:  # a bad URL or a missing driver
         raise PocketbertError(f"cannot open the study storage {shown}: {str(err).strip()}{missing_driver_hint(err)}; "
                               "give a URL such as sqlite:///sweeps/study.db or postgresql://user:password@host/db"

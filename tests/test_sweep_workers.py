@@ -67,3 +67,31 @@ def test_two_workers_share_one_study(tmp_path: Path, backend: str) -> None:
     finally:
         if backend == "postgresql":
             optuna.delete_study(study_name=name, storage=storage)
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from recipes.sweep import rdb_storage
+folder, me, racers, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for round_number in range(rounds):
+    (folder / f"ready-{round_number}-{me}").touch()
+    deadline = time.time() + 60
+    while len(list(folder.glob(f"ready-{round_number}-*"))) < racers:  # a barrier: then all open at once
+        if time.time() > deadline:
+            sys.exit(f"round {round_number}: another racer never arrived (it failed)")
+        time.sleep(0.001)
+    rdb_storage(f"sqlite:///{folder / f'race{round_number}.db'}", engine_kwargs={"connect_args": {"timeout": 60}})
+"""
+
+
+def test_workers_racing_to_create_a_new_storage_all_open_it(tmp_path: Path) -> None:
+    # Without the retry in rdb_storage, plain RDBStorage lost this race in most rounds here ("table
+    # alembic_version already exists"); with it every racer opens every fresh storage.
+    racers, rounds = 4, 6
+    processes = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(me), str(racers), str(rounds)],
+                                  cwd=REPO, stderr=subprocess.PIPE, text=True) for me in range(racers)]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * racers, "\n".join(e[-800:] for e in errors)
+    for round_number in range(rounds):
+        assert optuna.storages.RDBStorage(f"sqlite:///{tmp_path / f'race{round_number}.db'}").get_all_studies() == []
