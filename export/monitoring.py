@@ -48,14 +48,20 @@ def _grade(value: float, moderate: float, significant: float) -> Status:
     return "significant" if value >= significant else "moderate" if value >= moderate else "stable"
 
 
-def class_distribution(predicted: Sequence[int] | np.ndarray, num_labels: int) -> np.ndarray:
-    """Share of each class among ``predicted`` class ids, shape (num_labels,)."""
+def class_counts(predicted: Sequence[int] | np.ndarray, num_labels: int) -> np.ndarray:
+    """How many of ``predicted`` class ids fall in each class, shape (num_labels,)."""
     ids = np.asarray(predicted, dtype=np.int64)
     if ids.size == 0:
         raise ExportError("no predictions to compare with the baseline; collect some first")
     if ids.min() < 0 or ids.max() >= num_labels:
         raise ExportError(f"prediction ids must be in [0, {num_labels}), got {int(ids.min())}..{int(ids.max())}")
-    return np.bincount(ids, minlength=num_labels) / ids.size
+    return np.bincount(ids, minlength=num_labels)
+
+
+def class_distribution(predicted: Sequence[int] | np.ndarray, num_labels: int) -> np.ndarray:
+    """Share of each class among ``predicted`` class ids, shape (num_labels,)."""
+    counts = class_counts(predicted, num_labels)
+    return counts / counts.sum()
 
 
 def psi_terms(baseline: np.ndarray, new: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
@@ -88,8 +94,8 @@ def build_baseline(predicted: Sequence[int] | np.ndarray, label_names: list[str]
                    true_labels: Sequence[int] | np.ndarray | None = None, source: str = "",
                    thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
     """The JSON payload of ``monitoring_baseline.json``: predicted (and true) class shares on the golden set."""
-    shares = class_distribution(predicted, len(label_names))
-    counts = np.bincount(np.asarray(predicted, dtype=np.int64), minlength=len(label_names))
+    counts = class_counts(predicted, len(label_names))
+    shares = counts / counts.sum()
     payload: dict[str, Any] = {
         "labels": list(label_names), "predictions": int(counts.sum()),
         "predicted_counts": counts.tolist(), "predicted_distribution": shares.tolist(),

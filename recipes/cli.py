@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from export.files import write_text
 from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.errors import PocketbertError
 from recipes import RECIPES_DIR
@@ -146,27 +146,12 @@ def replace_symlink(link: Path, target: Path) -> None:
     tmp.replace(link)  # atomic: readers see the old link or the new one, never none
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` through a temp file in its folder, then rename: readers see the old file or the whole new one,
-    and a crash mid-write leaves no half-written file that looks valid. (``export.files`` has the same helper, but
-    recipes import only ``lightning_modules``.)"""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a metrics file is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @rank_zero_only
 def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) -> None:
     """Write ``test_metrics.json`` into the run dir and print the numbers and where the files went."""
     scalars = {k: float(v) for k, v in metrics.items() if "/" not in k}
     scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
-    write_text_atomic(run_dir / "test_metrics.json", json.dumps(scalars, indent=2) + "\n")
+    write_text(run_dir / "test_metrics.json", json.dumps(scalars, indent=2) + "\n")
     link_latest(run_dir, best_checkpoint)
     print(
         "\n"

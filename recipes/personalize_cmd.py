@@ -67,9 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bundle_head(export_dir: Path) -> tuple[HeadUpdate, float]:
+def bundle_head(export_dir: Path, artifacts: dict[str, Any]) -> tuple[HeadUpdate, float]:
     """The head update read from the exported head's spec, and the bundle's rejection threshold."""
-    artifacts = read_manifest(export_dir)["artifacts"]
     if "coreml_head" not in artifacts:
         raise PocketbertError(f"{export_dir} has no updatable Core ML head (manifest lists no coreml_head); export one "
                               "with CoreMLExport (personalizable: true), e.g. python -m recipes export --ckpt "
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (export_dir / "manifest.json").is_file():
         raise PocketbertError(f"{run} has no export/manifest.json; pass a run folder whose fit exported artifacts "
                               "(e.g. tb_logs/news16_distill_cpu/latest)")
-    head, threshold = bundle_head(export_dir)
+    manifest = read_manifest(export_dir)
+    head, threshold = bundle_head(export_dir, manifest["artifacts"])
     if args.max_golden_drop is not None:
         threshold = args.max_golden_drop
     if not 0 <= threshold <= 1:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = UserSimulation(users=args.users, feedback=args.feedback, later_items=args.later_items,
                               interest_classes=args.interest_classes, interest_share=args.interest_share,
                               label_noise=args.label_noise, seed=args.seed)
-    source = read_manifest(export_dir).get("source_checkpoint")
+    source = manifest.get("source_checkpoint")
     checkpoint: Path = args.ckpt or (Path(source) if source and Path(source).is_file() else run / "best.ckpt")
     if not checkpoint.is_file():
         raise PocketbertError(f"no checkpoint at {checkpoint}; pass the one the bundle was exported from with --ckpt")
@@ -148,11 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pool_features = pooled_features(exportable.model, pool, progress=bar("features: val (users)", len(pool)))
     golden_features = pooled_features(exportable.model, golden, progress=bar("features: test (golden)", len(golden)))
-    report = rehearse(head, pool_features, np.asarray(pool.labels), golden_features, np.asarray(golden.labels),
-                      settings, threshold)
-    report["learning_rate_sweep"] = compare_learning_rates(
-        head, args.learning_rates, pool_features, np.asarray(pool.labels), golden_features,
-        np.asarray(golden.labels), settings, threshold)
+    data = (pool_features, np.asarray(pool.labels), golden_features, np.asarray(golden.labels), settings, threshold)
+    report = rehearse(head, *data)
+    report["learning_rate_sweep"] = compare_learning_rates(head, args.learning_rates, *data)
     report.update(run=str(run), checkpoint=str(checkpoint), pool="validation split", golden="test split")
     out: Path = args.out or run / "personalization"
     text = markdown_report(report)

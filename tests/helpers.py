@@ -12,6 +12,16 @@ from typing_extensions import override
 
 from lightning_modules import EncoderSpec, NewsDataModule, TextClassifier
 
+# CLI overrides that make news16_cpu.yaml's teacher small enough for tests on a 4-class, 300-per-class slice.
+SMALL_TEACHER_ARGS = [
+    "--model.init_args.architecture.num_layers", "2",
+    "--model.init_args.architecture.hidden_size", "128",
+    "--model.init_args.architecture.num_heads", "2",
+    "--model.init_args.architecture.intermediate_size", "256",
+    "--model.init_args.learning_rate", "2e-3",
+    "--trainer.max_epochs", "4",
+]
+
 
 class KillAtStep(L.Callback):
     """SIGKILLs its own process after ``step`` optimizer steps: a crash with no chance to clean up.

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from export.files import write_text
 from recipes.__main__ import main
-from recipes.cli import write_text_atomic
 from tests.conftest import REPO
+from tests.helpers import SMALL_TEACHER_ARGS
 
 FOUR_CLASSES = "[sports,finance,car,game]"
 
@@ -23,12 +24,7 @@ def test_cli_fit_on_real_slice_beats_chance(tmp_path: Path) -> None:
         "--data.init_args.labels", FOUR_CLASSES,
         "--data.init_args.limit_per_class", "300",
         "--data.init_args.cache_dir", str(tmp_path / "cache"),
-        "--model.init_args.architecture.num_layers", "2",
-        "--model.init_args.architecture.hidden_size", "128",
-        "--model.init_args.architecture.num_heads", "2",
-        "--model.init_args.architecture.intermediate_size", "256",
-        "--model.init_args.learning_rate", "2e-3",
-        "--trainer.max_epochs", "4",
+        *SMALL_TEACHER_ARGS,
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "tb_logs"),
     ])
@@ -56,13 +52,13 @@ def test_hub_recipe_fails_fast_offline() -> None:
 
 def test_metrics_file_is_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / "test_metrics.json"
-    write_text_atomic(path, '{"test_acc": 0.5}\n')
-    write_text_atomic(path, '{"test_acc": 0.75}\n')  # replaces the old file
+    write_text(path, '{"test_acc": 0.5}\n')
+    write_text(path, '{"test_acc": 0.75}\n')  # replaces the old file
     assert json.loads(path.read_text()) == {"test_acc": 0.75}
     assert path.stat().st_mode & 0o777 == 0o644
     # a write that fails midway (a lone surrogate cannot be encoded) leaves the previous file whole and no temp file
     with pytest.raises(UnicodeEncodeError):
-        write_text_atomic(path, '{"test_acc": 0.9, "note": "\ud800"}\n')
+        write_text(path, '{"test_acc": 0.9, "note": "\ud800"}\n')
     assert json.loads(path.read_text()) == {"test_acc": 0.75}
     assert [p.name for p in tmp_path.iterdir()] == ["test_metrics.json"]
 

@@ -24,6 +24,7 @@ import yaml
 
 from lightning_modules import NewsDataModule, TextClassifier, load_exportable
 from tests.conftest import REPO
+from tests.helpers import SMALL_TEACHER_ARGS
 
 pytestmark = pytest.mark.gpu
 
@@ -34,12 +35,7 @@ TEACHER_ARGS = [
     "--data.init_args.labels", f"[{','.join(LABELS)}]",
     "--data.init_args.limit_per_class", str(PER_CLASS),
     "--data.init_args.batch_size", str(BATCH),
-    "--model.init_args.architecture.num_layers", "2",
-    "--model.init_args.architecture.hidden_size", "128",
-    "--model.init_args.architecture.num_heads", "2",
-    "--model.init_args.architecture.intermediate_size", "256",
-    "--model.init_args.learning_rate", "2e-3",
-    "--trainer.max_epochs", "4",
+    *SMALL_TEACHER_ARGS,
 ]
 GPU_USED = "GPU available: True (cuda), used: True"
 AMP_MESSAGE = {"bf16-mixed": "Using bfloat16 Automatic Mixed Precision (AMP)",
