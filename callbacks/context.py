@@ -91,6 +91,16 @@ def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str]
     return EvalSet.from_texts(texts, labels, build_tokenizer(shipped.vocab), shipped.max_length), texts
 
 
+def train_split(datamodule: Any) -> tuple[list[str], list[int]]:
+    """The training texts and label ids (what the benchmark's linear baseline is fitted on); empty if unavailable."""
+    texts = list(getattr(datamodule, "texts", {}).get("train", []))
+    dataset = getattr(datamodule, "datasets", {}).get("train")
+    labels = getattr(dataset, "labels", None)
+    if not texts or labels is None or len(labels) != len(texts):
+        return [], []
+    return texts, [int(label) for label in labels]
+
+
 def export_context(trainer: L.Trainer, pl_module: L.LightningModule) -> ExportContext:
     """One context per trainer and best checkpoint, shared by the fit-end callbacks of a run."""
     best = str(getattr(trainer.checkpoint_callback, "best_model_path", "") or f"final@{trainer.global_step}")
@@ -98,10 +108,12 @@ def export_context(trainer: L.Trainer, pl_module: L.LightningModule) -> ExportCo
     if cached is not None and cached[0] == best:
         return cached[1]
     shipped = shipped_model(trainer, pl_module)
-    examples, texts = eval_set(getattr(trainer, "datamodule", None), shipped)
+    datamodule = getattr(trainer, "datamodule", None)
+    examples, texts = eval_set(datamodule, shipped)
+    train_texts, train_labels = train_split(datamodule)
     writer = trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
-    context = ExportContext(shipped, examples, export_dir(trainer), texts=texts, writer=writer,
-                            step=trainer.global_step)
+    context = ExportContext(shipped, examples, export_dir(trainer), texts=texts, train_texts=train_texts,
+                            train_labels=train_labels, writer=writer, step=trainer.global_step)
     start_manifest(context.export_dir, source_checkpoint=shipped.source, label_names=shipped.label_names,
                 max_length=shipped.max_length, parameters=shipped.num_parameters, test_examples=len(examples))
     _CACHE[trainer] = (best, context)

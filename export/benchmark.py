@@ -39,8 +39,8 @@ ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_
 RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")
 COLUMNS = [("variant", "variant"), ("format", "format"), ("size_mb", "size MB"), ("parameters", "params"),
            ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("throughput_per_s", "batch-32 /s"),
-           ("accuracy", "accuracy"), ("accuracy_drop_points", "drop (pts)"), ("macro_f1", "macro-F1"),
-           ("agreement", "agreement")]
+           ("accuracy", "accuracy"), ("accuracy_drop_points", "drop (pts)"),
+           ("lead_over_baseline_points", "vs baseline (pts)"), ("macro_f1", "macro-F1"), ("agreement", "agreement")]
 
 
 @dataclass
@@ -51,12 +51,15 @@ class Budgets:
         max_size_mb: Largest artifact size in MB (10^6 bytes).
         max_accuracy_drop: Largest test accuracy drop below PyTorch fp32, in percentage points.
         max_p50_ms: Slowest batch-1 p50 CPU latency in milliseconds.
+        min_lead_over_baseline: Least test accuracy lead over the linear baseline (TF-IDF + linear SVM fitted on the
+            same training split), in percentage points; negative allows trailing it by that much.
         variants: Variants the budgets apply to, e.g. ``[onnx_int8, coreml_w8]``; all measured ones by default.
     """
 
     max_size_mb: float | None = None
     max_accuracy_drop: float | None = None
     max_p50_ms: float | None = None
+    min_lead_over_baseline: float | None = None
     variants: list[str] | None = None
 
 
@@ -176,15 +179,55 @@ def check_budgets(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
         p50 = row.get("p50_ms")
         if budgets.max_p50_ms is not None and p50 is not None and p50 > budgets.max_p50_ms:
             broken.append(f"{name} p50 latency {p50:.1f} ms > max_p50_ms {budgets.max_p50_ms}")
+        lead = row.get("lead_over_baseline_points")
+        if budgets.min_lead_over_baseline is not None and "accuracy" in row:
+            if lead is None:
+                broken.append(f"{name}: min_lead_over_baseline is set but no baseline was measured (no training "
+                              "texts in the export context)")
+            elif lead < budgets.min_lead_over_baseline:
+                broken.append(f"{name} leads the baseline by {lead:.2f} points < min_lead_over_baseline "
+                              f"{budgets.min_lead_over_baseline}")
     return broken
 
 
-def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int) -> str:
+def add_baseline(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append the baseline row and give every measured variant its accuracy lead over it, in points."""
+    for row in rows:
+        if "accuracy" in row:
+            row["lead_over_baseline_points"] = 100 * (row["accuracy"] - baseline["accuracy"])
+    return [*rows, baseline]
+
+
+def shipped_variant(rows: list[dict[str, Any]], budgets: Budgets) -> str | None:
+    """The variant an app ships: the first the budgets name, else ONNX INT8, else the reference."""
+    measured = [row["variant"] for row in rows if "accuracy" in row and row["variant"] != "baseline"]
+    for name in [*(budgets.variants or []), "onnx_int8", REFERENCE]:
+        if name in measured:
+            return name
+    return measured[0] if measured else None
+
+
+def baseline_verdict(rows: list[dict[str, Any]], shipped: str | None) -> str | None:
+    """One sentence: by how many points the shipped variant leads (or trails) the linear baseline."""
+    baseline = next((row for row in rows if row["variant"] == "baseline"), None)
+    row = next((row for row in rows if row["variant"] == shipped), None)
+    if baseline is None or row is None or "lead_over_baseline_points" not in row:
+        return None
+    lead = row["lead_over_baseline_points"]
+    verb = "leads" if lead >= 0 else "trails"
+    return (f"The shipped variant {shipped} {verb} the linear baseline ({baseline['model']}, "
+            f"fitted on the same {baseline['train_examples']} training texts) by {abs(lead):.2f} accuracy points "
+            f"({row['accuracy']:.4f} vs {baseline['accuracy']:.4f}).")
+
+
+def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int, shipped: str | None = None) -> str:
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+    verdict = baseline_verdict(rows, shipped)
     notes = [f"- {row['variant']}: {row['note']}" for row in rows if "note" in row]
+    lines += ["", verdict] if verdict else []
     lines += ["", *notes] if notes else []
     return (f"CPU, {settings.threads} thread(s); latency: batch 1 x {settings.latency_length} tokens, "
             f"{settings.warmup} warm-up + {settings.repeats} timed calls; throughput: batches of "
@@ -192,8 +235,8 @@ def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int
             f"same prediction as {REFERENCE}. Core ML: size only (predicts on macOS only).\n\n" + "\n".join(lines))
 
 
-DECIMALS = {"accuracy_drop_points": 2, "size_mb": 2, "p50_ms": 2, "p95_ms": 2, "throughput_per_s": 1,
-            "accuracy": 4, "macro_f1": 4, "agreement": 4}
+DECIMALS = {"accuracy_drop_points": 2, "lead_over_baseline_points": 2, "size_mb": 2, "p50_ms": 2, "p95_ms": 2,
+            "throughput_per_s": 1, "accuracy": 4, "macro_f1": 4, "agreement": 4}
 
 
 def _cell(key: str, value: Any) -> str:
@@ -207,10 +250,10 @@ def _cell(key: str, value: Any) -> str:
 
 
 def write_reports(export_dir: Path, rows: list[dict[str, Any]], settings: TimingSettings, examples: int,
-                  broken: list[str]) -> str:
+                  broken: list[str], shipped: str | None = None) -> str:
     """``benchmark.json`` and ``benchmark.md``; returns the markdown."""
-    text = markdown(rows, settings, examples)
+    text = markdown(rows, settings, examples, shipped)
     write_json(export_dir / "benchmark.json", {"settings": vars(settings), "test_examples": examples,
-                                               "variants": rows, "broken_budgets": broken})
+                                               "shipped": shipped, "variants": rows, "broken_budgets": broken})
     write_text(export_dir / "benchmark.md", f"# Export benchmark\n\n{text}\n")
     return text

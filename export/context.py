@@ -29,6 +29,8 @@ class ExportContext:
     eval_set: EvalSet  # the real test set, in the shipped model's token ids
     export_dir: Path
     texts: list[str] = field(default_factory=list)  # test texts (golden token samples), normalized as in training
+    train_texts: list[str] = field(default_factory=list)  # the training split (the baseline is fitted on it)
+    train_labels: list[int] = field(default_factory=list)
     writer: ScalarWriter | None = None
     step: int = 0
 

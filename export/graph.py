@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from export import ngram_bert  # noqa: F401  (registers ngram_bert with the Auto classes for load_hf_dir)
 from export.errors import ExportError
 
 # Encoder families whose layers take (hidden_states, additive_mask) and whose pooled output feeds a Linear head.
-SUPPORTED_MODEL_TYPES = ("bert", "mobilebert")
+SUPPORTED_MODEL_TYPES = ("bert", "mobilebert", "ngram_bert")
 MASK_VALUE = -1.0e4  # additive mask for padded keys; fp16-safe (Core ML runs fp16), exp(-1e4) is 0 in fp32 too
 MIN_SEQUENCE = 3  # [CLS] token [SEP]; MobileBERT's trigram embedding also needs 3 to trace with a dynamic length
 
@@ -79,6 +80,8 @@ class ClassifierGraph(nn.Module):
         self.embeddings = base.embeddings
         self.layers = base.encoder.layer
         self.pooler = base.pooler
+        # ngram_bert pools with the mask (mean pooling, the n-gram bag); BERT and MobileBERT read [CLS] alone
+        self.pooled_features = getattr(base, "pooled_features", None)
         self.classifier: nn.Linear = model.classifier  # type: ignore[assignment]
         self.output = output
         self.squeeze_batch = squeeze_batch
@@ -93,7 +96,10 @@ class ClassifierGraph(nn.Module):
             hidden = layer(hidden, mask)
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
-        result = self.pooler(hidden)  # (batch, hidden)
+        if self.pooled_features is not None:
+            result = self.pooled_features(hidden, input_ids, attention_mask)  # (batch, features)
+        else:
+            result = self.pooler(hidden)  # (batch, hidden)
         if self.output == "logits":
             result = self.classifier(result)  # (batch, num_labels)
         return result[0] if self.squeeze_batch else result

@@ -16,7 +16,16 @@ import torch
 
 from export import coreml, monitoring, personalization
 from export.assets import EDGE_CASES, tokenizer_settings, write_golden_tokens, write_labels, write_vocab
-from export.benchmark import Budgets, TimingSettings, check_budgets, run_benchmark, write_reports
+from export.baseline import baseline_row
+from export.benchmark import (
+    Budgets,
+    TimingSettings,
+    add_baseline,
+    check_budgets,
+    run_benchmark,
+    shipped_variant,
+    write_reports,
+)
 from export.context import ExportContext
 from export.errors import ExportError
 from export.evaluation import (
@@ -218,13 +227,17 @@ def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
 
 def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets) -> list[dict[str, Any]]:
     """``benchmark.json``/``benchmark.md``, TensorBoard scalars, a printed table; raises when a budget breaks."""
-    rows = run_benchmark(ctx.export_dir, ctx.eval_set, len(ctx.shipped.label_names), ctx.shipped.num_parameters,
-                         timing)
+    num_labels = len(ctx.shipped.label_names)
+    rows = run_benchmark(ctx.export_dir, ctx.eval_set, num_labels, ctx.shipped.num_parameters, timing)
+    if ctx.train_texts and len(ctx.texts) == len(ctx.eval_set):
+        rows = add_baseline(rows, baseline_row(ctx.train_texts, ctx.train_labels, ctx.texts, ctx.eval_set.labels,
+                                               num_labels))
     broken = check_budgets(rows, budgets)
-    text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken)
+    text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, shipped_variant(rows, budgets))
     if ctx.writer is not None:
         for row in rows:
-            for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement"):
+            for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement",
+                        "lead_over_baseline_points"):
                 if key in row:
                     ctx.writer.add_scalar(f"export/{row['variant']}/{key}", float(row[key]), ctx.step)
         ctx.writer.add_text("export/benchmark", text, ctx.step)

@@ -6,15 +6,24 @@ from lightning_modules.datamodule import NewsDataModule
 from lightning_modules.distillation import DistillationModule
 from lightning_modules.encoders import PRESETS, EncoderSpec
 from lightning_modules.errors import PocketbertError
+from lightning_modules.pretraining import MaskedLMPretraining
+from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TfidfTeacher
+from lightning_modules.text_datamodule import PretrainingDataModule, TextSource
 
 __all__ = [
     "PRESETS",
+    "CheckpointTeacher",
     "DistillationModule",
     "EncoderSpec",
     "ExportableModel",
+    "LogitTeacher",
+    "MaskedLMPretraining",
     "NewsDataModule",
     "PocketbertError",
+    "PretrainingDataModule",
     "TextClassifier",
+    "TextSource",
+    "TfidfTeacher",
     "load_exportable",
     "read_checkpoint",
 ]

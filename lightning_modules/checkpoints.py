@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
+import export.ngram_bert  # noqa: F401  (registers the ngram_bert model type)
 from lightning_modules.encoders import EncoderSpec
 from lightning_modules.errors import PocketbertError
 
@@ -58,8 +58,11 @@ def load_exportable(path: str | Path) -> ExportableModel:
         raise PocketbertError(f"{path} has no pocketbert export info; was it written by a pocketbert recipe?")
     config_dict = dict(info["hf_config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    model_class = getattr(transformers, info["hf_class"])
-    model: PreTrainedModel = model_class(config)
+    # the Auto mapping knows transformers' classes and ours (export.ngram_bert registers itself on import)
+    model: PreTrainedModel = AutoModelForSequenceClassification.from_config(config)
+    if type(model).__name__ != info["hf_class"]:
+        raise PocketbertError(f"{path} holds a {info['hf_class']}, which this version cannot rebuild "
+                              f"(its config builds a {type(model).__name__})")
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)

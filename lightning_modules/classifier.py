@@ -90,7 +90,7 @@ class TextClassifier(L.LightningModule):
         self.model: PreTrainedModel
         if pretrained is not None:
             self.model = load_pretrained(pretrained, label_names=self.label_names, dropout=dropout,
-                                         trust_remote_code=trust_remote_code)
+                                         tokenizer=self.tokenizer, trust_remote_code=trust_remote_code)
         else:
             self.model = build_from_spec(architecture or EncoderSpec(), vocab_size=len(self.tokenizer),
                                          pad_token_id=int(self.tokenizer.pad_token_id or 0),

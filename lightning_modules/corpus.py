@@ -6,6 +6,7 @@ Formats:
 - ``thucnews``: ``title<TAB>class_id`` with class names in a ``class.txt`` (line i = class i).
 - ``tnews``: CLUE JSON lines with ``sentence`` and ``label`` (code) / ``label_desc``.
 - ``csv`` / ``tsv`` (with a header row) / ``jsonl``: generic, with configurable text and label fields.
+- ``lines`` (unlabeled text only): one text a line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Literal
 from lightning_modules.errors import PocketbertError
 
 CorpusFormat = Literal["nlpcc_char", "thucnews", "tnews", "csv", "tsv", "jsonl"]
+# Formats read for their text alone (pretraining): any labelled format, or ``lines`` (one text a line).
+TextFormat = Literal["lines", "nlpcc_char", "thucnews", "tnews", "csv", "tsv", "jsonl"]
 _SPACE_RUN = re.compile(r"\s{2,}")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -144,6 +147,35 @@ def read_raw(
         for line_no, row in enumerate(reader, start=2):
             examples.append(Example(row[text_field] or "", _require_label(path, line_no, row[label_field] or "")))
     return examples
+
+
+def read_texts(path: Path, corpus_format: TextFormat, *, text_field: str = "text") -> list[str]:
+    """The texts of ``path`` alone (unlabeled pretraining text), raw: labels are neither required nor read.
+    ``lines`` is one text a line; any labelled format is read for its text column."""
+    lines = _open_text(path)
+    if corpus_format == "lines":
+        return [line for line in lines if line.strip()]
+    if corpus_format in ("nlpcc_char", "thucnews"):
+        column = 1 if corpus_format == "nlpcc_char" else 0
+        return [line.split("\t")[column] if "\t" in line else line for line in lines if line.strip()]
+    if corpus_format in ("tnews", "jsonl"):
+        key = "sentence" if corpus_format == "tnews" else text_field
+        texts: list[str] = []
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+            if key not in row:
+                raise PocketbertError(f"{path}:{line_no}: no field '{key}'; set text_field")
+            texts.append(str(row[key]))
+        return texts
+    reader = csv.DictReader(lines, delimiter="\t" if corpus_format == "tsv" else ",")
+    if text_field not in (reader.fieldnames or []):
+        raise PocketbertError(f"{path}: header has no column '{text_field}' (has {reader.fieldnames}); set text_field")
+    return [row[text_field] or "" for row in reader]
 
 
 def clean(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from typing_extensions import override
 
+from export.files import write_json
 from lightning_modules.classifier import (
     adamw_with_linear_warmup,
     check_labels,
@@ -25,28 +24,15 @@ from lightning_modules.classifier import (
 )
 from lightning_modules.encoders import PRESETS, EncoderSpec, build_from_spec, load_pretrained
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import OFFLINE_HINT, load_tokenizer, resolve_pretrained, vocab_tokens
+from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
 from lightning_modules.metrics import ClassificationMetrics
-from lightning_modules.teacher_cache import Teacher, load_teacher, padded_rows, training_targets
+from lightning_modules.teacher_cache import Teacher, check_layer_map, load_teacher, padded_rows
+from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
 from lightning_modules.token_cache import TokenizedTexts, tokenize
 from lightning_modules.vocab_pruning import PrunedVocab, check_prunable
 
 PresetName = Literal["roberta_l4_h512", "mobilebert", "tiny"]  # the keys of encoders.PRESETS
-DISTILL_OFFLINE_HINT = ("offline? distil with an offline recipe instead (e.g. `python -m recipes fit --config "
-                        "news16_distill_cpu.yaml`, a from-scratch student), or point the setting at a local directory")
-
-
-@contextmanager
-def distillation_offline_hint() -> Iterator[None]:
-    """Hub errors name the offline distillation recipe rather than the offline teacher recipe."""
-    try:
-        yield
-    except PocketbertError as err:
-        if OFFLINE_HINT not in str(err):
-            raise
-        raise PocketbertError(str(err).replace(OFFLINE_HINT, DISTILL_OFFLINE_HINT)) from None
-
 
 class DistillationModule(L.LightningModule):
     """A student classifier trained on hard labels and on a frozen teacher's softened logits.
@@ -61,7 +47,11 @@ class DistillationModule(L.LightningModule):
 
     Args:
         teacher_checkpoint: The teacher: a pocketbert checkpoint (e.g. ``tb_logs/news16_cpu/latest/best.ckpt``);
-            ``None`` only to load a trained student back for evaluation or export.
+            ``None`` when ``teachers`` names them all, or to load a trained student back for evaluation or export.
+        teachers: More teachers (or all of them), each with a weight: ``lightning_modules.CheckpointTeacher``,
+            ``lightning_modules.TfidfTeacher`` (the linear baseline, cross-fitted) or any class with the
+            ``lightning_modules.LogitTeacher`` shape. With several teachers the targets are the weighted mean of their
+            log-probabilities, each calibrated on the validation split; ``teacher_checkpoint`` counts with weight 1.
         label_names: Class names in id order; linked from the DataModule; must equal the teacher's.
         tokenizer: The student's tokenizer (vocab file, directory or hub name); linked from the DataModule. The
             teacher tokenizes the same texts with the vocabulary saved in its own checkpoint.
@@ -90,7 +80,8 @@ class DistillationModule(L.LightningModule):
 
     def __init__(
         self,
-        teacher_checkpoint: Path | None,
+        teacher_checkpoint: Path | None = None,
+        teachers: list[LogitTeacher] | None = None,
         label_names: list[str] | None = None,
         tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
         max_length: int = 128,
@@ -122,7 +113,13 @@ class DistillationModule(L.LightningModule):
             raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
         if preset is not None and preset not in PRESETS:
             raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
-        self.save_hyperparameters()
+        self.extra_teachers = list(teachers or [])
+        if self.extra_teachers and (layer_map or not teacher_cache):
+            raise PocketbertError("hidden-state matching (layer_map) and teacher_cache: false run one teacher on "
+                                  "every batch; give only teacher_checkpoint, not teachers")
+        # teachers are objects (a checkpoint teacher holds a model): the run's config.yaml records them, and the
+        # checkpoint keeps their descriptions (on_save_checkpoint), so it loads with weights_only
+        self.save_hyperparameters(ignore=["teachers"])
         with distillation_offline_hint():
             self.data_tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
             if pretrained is not None:
@@ -141,6 +138,7 @@ class DistillationModule(L.LightningModule):
         if pretrained is not None:
             with distillation_offline_hint():
                 self.model = load_pretrained(pretrained, label_names=self.label_names, dropout=dropout,
+                                             tokenizer=self.data_tokenizer,
                                              trust_remote_code=trust_remote_code)
         else:
             spec = architecture if architecture is not None else PRESETS[str(preset)]
@@ -154,35 +152,23 @@ class DistillationModule(L.LightningModule):
         self.layer_map = dict(layer_map) if layer_map else None
         self.hidden_projection: nn.Linear | None = None
         if self.layer_map is not None and self.teacher is not None:
-            self._check_layer_map(self.layer_map, self.teacher)
+            check_layer_map(self.layer_map, self.model.config, self.teacher, self.data_tokenizer,
+                            int(self.hparams["max_length"]))
             self.hidden_projection = nn.Linear(self.model.config.hidden_size, self.teacher.model.config.hidden_size)
+        self.teacher_report: dict[str, Any] | None = None  # per teacher and ensemble: weight, scale, accuracies
         self._teacher_logits: torch.Tensor | None = None  # (train size, num_labels), on the training device
         self._teacher_tokens: TokenizedTexts | None = None  # the training texts in the teacher's vocabulary
         self._eval_tokens: dict[tuple[str, int], TokenizedTexts] = {}  # (split, id of its texts) -> pruned ids
         self.val_metrics = ClassificationMetrics(len(self.label_names))
         self.test_metrics = ClassificationMetrics(len(self.label_names))
 
-    def _check_layer_map(self, layer_map: dict[int, int], teacher: Teacher) -> None:
-        student_layers = int(self.model.config.num_hidden_layers)
-        teacher_layers = int(teacher.model.config.num_hidden_layers)
-        for s, t in layer_map.items():
-            if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
-                raise PocketbertError(f"layer_map {s}: {t} is out of range: the student has layers 0..{student_layers}"
-                                      f" and the teacher 0..{teacher_layers} (0 = embeddings)")
-        if vocab_tokens(teacher.tokenizer) != vocab_tokens(self.data_tokenizer):
-            raise PocketbertError("layer_map (hidden-state matching) needs the teacher to use the student's "
-                                  "tokenizer, so that token positions line up; remove layer_map or use its vocab")
-        if int(teacher.model.config.max_position_embeddings) < int(self.hparams["max_length"]):
-            raise PocketbertError(f"the teacher covers {teacher.model.config.max_position_embeddings} positions but "
-                                  f"max_length is {self.hparams['max_length']}; lower data.init_args.max_length")
-
     # ---- data: pruning and the teacher's inputs ------------------------------------------------------------------
     @override
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        if self.teacher is None:
-            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
+        if self.teacher is None and not self.extra_teachers:
+            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint or teachers")
         datamodule: Any = getattr(self.trainer, "datamodule", None)
         texts: dict[str, list[str]] = getattr(datamodule, "texts", {})
         if "train" not in texts:
@@ -192,13 +178,24 @@ class DistillationModule(L.LightningModule):
             self._apply_pruning(PrunedVocab.from_training_ids(self.data_tokenizer,
                                                               datamodule.datasets["train"].tokens.ids))
         device = self.trainer.strategy.root_device
-        self.teacher.model.to(device)  # type: ignore[arg-type]
-        if self.layer_map is not None:
-            rank_zero_info("hidden-state matching: the teacher runs on every batch (its logit cache is not used)")
+        cache_dir = getattr(datamodule, "cache_dir", None)
+        if self.teacher is not None and (self.layer_map is not None or not self.hparams["teacher_cache"]):
+            self.teacher.model.to(device)  # type: ignore[arg-type]
+            rank_zero_info("the teacher runs on every batch (layer_map or teacher_cache: false)")
+            if self.layer_map is None:
+                self._teacher_tokens = tokenize(texts["train"], self.teacher.tokenizer, self.teacher.max_length,
+                                                cache_dir, desc="tokenizing train for the teacher")
             return
-        self._teacher_logits, self._teacher_tokens = training_targets(
-            self.teacher, texts["train"], getattr(datamodule, "cache_dir", None),
-            use_cache=self.hparams["teacher_cache"], device=device, batch_size=self.hparams["teacher_batch_size"])
+        members: list[LogitTeacher] = [*self.extra_teachers]
+        if self.teacher is not None:
+            members.insert(0, CheckpointTeacher.of(self.teacher, batch_size=self.hparams["teacher_batch_size"]))
+        data = TeacherData(texts={split: texts[split] for split in ("train", "val", "test") if split in texts},
+                           labels={split: dataset.labels for split, dataset in datamodule.datasets.items()},
+                           label_names=self.label_names, cache_dir=cache_dir, device=device)
+        targets = ensemble_targets(members, data)
+        self._teacher_logits = targets.logits["train"].to(device)
+        self.teacher_report = targets.report
+        rank_zero_info(teacher_summary(targets.report))
 
     def _apply_pruning(self, pruned: PrunedVocab, report: bool = True) -> None:
         pruned.prune_embeddings(self.model, report=report)
@@ -232,10 +229,10 @@ class DistillationModule(L.LightningModule):
 
     def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Teacher logits (batch, num_labels), and its hidden states when matching them."""
-        if self.teacher is None:
-            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
         if self._teacher_logits is not None:
             return self._teacher_logits[batch["index"]], None
+        if self.teacher is None:
+            raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
         with torch.no_grad():
             if self.layer_map is not None:
                 output = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -303,6 +300,12 @@ class DistillationModule(L.LightningModule):
         return adamw_with_linear_warmup(self, list(self.named_parameters()), hp["learning_rate"],
                                         hp["weight_decay"], hp["warmup_ratio"])
 
+    @override
+    def on_fit_start(self) -> None:
+        # the teachers' own figures beside the run's (the quickstart summary reads them)
+        if self.teacher_report is not None and self.trainer.is_global_zero and self.trainer.log_dir:
+            write_json(Path(self.trainer.log_dir) / "teachers.json", self.teacher_report)
+
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -310,6 +313,7 @@ class DistillationModule(L.LightningModule):
         checkpoint["pocketbert"]["distillation"] = {
             "teacher": str(self.teacher.path.resolve()) if self.teacher is not None else None,  # not the `latest` link
             "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,
+            "teachers": self.teacher_report,
             "vocab_pruned": self.pruned is not None,
         }
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from transformers import (
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     BertConfig,
-    BertForSequenceClassification,
     MobileBertConfig,
-    MobileBertForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
+from export.ngram_bert import NgramBertConfig
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import resolve_pretrained
+from lightning_modules.hub import read_vocab_file, resolve_pretrained, vocab_tokens
 
 
 @dataclass
@@ -31,6 +34,17 @@ class EncoderSpec:
         kind: ``bert`` (also the shape of ``uer/chinese_roberta_*``) or ``mobilebert`` (bottleneck layers).
         embedding_size: MobileBERT's embedding width (ignored for ``bert``).
         intra_bottleneck_size: MobileBERT's bottleneck width (ignored for ``bert``).
+        ngram_orders: Hashed n-gram embeddings added to the token embeddings, e.g. ``[2]`` (bigrams) or ``[2, 3]``;
+            computed inside the model from the input ids, so apps keep the same ``vocab.txt`` (``bert`` only;
+            see ``export/ngram_bert.py``). Off when not given.
+        ngram_buckets: Hash buckets per n-gram order.
+        ngram_size: Width of the n-gram table (projected to ``hidden_size`` when smaller); defaults to
+            ``hidden_size``.
+        ngram_dropout: Probability of dropping a position's n-gram vector in training (regularizes the table).
+        pooling: What the classifier's pooler summarizes: ``cls`` (BERT's [CLS] token) or ``mean`` (the mean of the
+            real tokens' last hidden states; better for small models on little data). ``mean`` needs n-grams on.
+        ngram_bag: Also give the classifier the mean of the text's n-gram vectors (a fastText-like bag of n-grams
+            beside the transformer); needs n-grams on.
     """
 
     num_layers: int = 4
@@ -41,6 +55,12 @@ class EncoderSpec:
     kind: Literal["bert", "mobilebert"] = "bert"
     embedding_size: int = 128
     intra_bottleneck_size: int = 128
+    ngram_orders: list[int] | None = None
+    ngram_buckets: int = 20000
+    ngram_size: int | None = None
+    ngram_dropout: float = 0.0
+    pooling: Literal["cls", "mean"] = "cls"
+    ngram_bag: bool = False
 
 
 PRESETS: dict[str, EncoderSpec] = {
@@ -57,6 +77,21 @@ def build_from_spec(
     spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, label_names: list[str], dropout: float
 ) -> PreTrainedModel:
     """A randomly initialized classifier of shape ``spec``."""
+    config = encoder_config(spec, vocab_size=vocab_size, pad_token_id=pad_token_id, dropout=dropout,
+                            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                            label2id={name: i for i, name in enumerate(label_names)})
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def build_masked_lm(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dropout: float) -> PreTrainedModel:
+    """A randomly initialized masked language model of shape ``spec`` (its encoder is what pretraining trains)."""
+    config = encoder_config(spec, vocab_size=vocab_size, pad_token_id=pad_token_id, dropout=dropout)
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def encoder_config(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dropout: float,
+                   **extra: Any) -> PretrainedConfig:
+    """The Hugging Face config of ``spec``: ``bert``, ``mobilebert``, or ``ngram_bert`` when n-grams are on."""
     if spec.hidden_size % spec.num_heads:
         raise PocketbertError(f"hidden_size {spec.hidden_size} is not divisible by num_heads {spec.num_heads}")
     common: dict[str, Any] = {
@@ -69,23 +104,37 @@ def build_from_spec(
         "hidden_dropout_prob": dropout,
         "attention_probs_dropout_prob": dropout,
         "pad_token_id": pad_token_id,
-        "num_labels": len(label_names),
-        "id2label": dict(enumerate(label_names)),
-        "label2id": {name: i for i, name in enumerate(label_names)},
+        **extra,
     }
+    if spec.ngram_orders:
+        if spec.kind != "bert":
+            raise PocketbertError(f"ngram_orders needs kind: bert, got kind: {spec.kind}")
+        try:
+            return NgramBertConfig(ngram_orders=list(spec.ngram_orders), ngram_buckets=spec.ngram_buckets,
+                                   ngram_size=spec.ngram_size, ngram_dropout=spec.ngram_dropout,
+                                   pooling=spec.pooling, ngram_bag=spec.ngram_bag, **common)
+        except ValueError as err:
+            raise PocketbertError(f"architecture: {err}") from None
+    if spec.pooling != "cls" or spec.ngram_bag:
+        raise PocketbertError("pooling: mean and ngram_bag need hashed n-grams (set architecture.ngram_orders)")
     if spec.kind == "mobilebert":
-        config = MobileBertConfig(
-            embedding_size=spec.embedding_size, intra_bottleneck_size=spec.intra_bottleneck_size, **common
-        )
-        return MobileBertForSequenceClassification(config)
-    return BertForSequenceClassification(BertConfig(**common))
+        return MobileBertConfig(embedding_size=spec.embedding_size, intra_bottleneck_size=spec.intra_bottleneck_size,
+                                **common)
+    return BertConfig(**common)
 
 
 def load_pretrained(
-    name_or_path: str, *, label_names: list[str], dropout: float, trust_remote_code: bool = False
+    name_or_path: str, *, label_names: list[str], dropout: float, tokenizer: PreTrainedTokenizerBase | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """``AutoModelForSequenceClassification.from_pretrained`` with a fresh head for ``label_names``."""
+    """``AutoModelForSequenceClassification.from_pretrained`` with a fresh head for ``label_names``.
+
+    A local model directory that carries a vocabulary (``vocab.txt``, e.g. one written by ``MaskedLMPretraining``)
+    must match ``tokenizer`` token for token: its embedding rows are indexed by those ids.
+    """
     resolved, local_only = resolve_pretrained(name_or_path)
+    if tokenizer is not None:
+        check_same_vocabulary(Path(resolved), tokenizer)
     return AutoModelForSequenceClassification.from_pretrained(
         resolved,
         local_files_only=local_only,
@@ -96,3 +145,18 @@ def load_pretrained(
         hidden_dropout_prob=dropout,
         ignore_mismatched_sizes=True,
     )
+
+
+def check_same_vocabulary(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Raise unless ``model_dir/vocab.txt`` (when there is one) lists exactly ``tokenizer``'s tokens in id order."""
+    vocab_file = model_dir / "vocab.txt"
+    if not vocab_file.is_file():
+        return
+    theirs = list(read_vocab_file(vocab_file))
+    ours = vocab_tokens(tokenizer)
+    if theirs != ours:
+        differs = next((i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b), min(len(theirs),
+                                                                                                        len(ours)))
+        raise PocketbertError(f"the pretrained model {model_dir} was trained with another vocabulary ({len(theirs)} "
+                              f"tokens) than the data tokenizer ({len(ours)} tokens; first difference at id {differs})"
+                              f"; set data.init_args.tokenizer to {model_dir} or pretrain with the data's tokenizer")

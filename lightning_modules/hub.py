@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +23,21 @@ OFFLINE_HINT = (
     "offline? use an offline recipe instead (e.g. `python -m recipes fit --config news16_cpu.yaml`), "
     "or point the setting at a local directory holding the model"
 )
+
+
+DISTILL_OFFLINE_HINT = ("offline? distil with an offline recipe instead (e.g. `python -m recipes fit --config "
+                        "news16_distill_cpu.yaml`, a from-scratch student), or point the setting at a local directory")
+
+
+@contextmanager
+def distillation_offline_hint() -> Iterator[None]:
+    """Hub errors name the offline distillation recipe rather than the offline teacher recipe."""
+    try:
+        yield
+    except PocketbertError as err:
+        if OFFLINE_HINT not in str(err):
+            raise
+        raise PocketbertError(str(err).replace(OFFLINE_HINT, DISTILL_OFFLINE_HINT)) from None
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -72,10 +89,22 @@ def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreT
     return AutoTokenizer.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
 
 
+def run_hint(path: Path) -> str:
+    """``tb_logs/<name>/...`` is written by the recipe ``<name>.yaml``: the command that makes it."""
+    parts = path.parts
+    if "tb_logs" in parts and parts.index("tb_logs") + 1 < len(parts):
+        return f"python -m recipes fit --config {parts[parts.index('tb_logs') + 1]}.yaml"
+    return "the recipe that writes it"
+
+
 def resolve_pretrained(name_or_path: str) -> tuple[str, bool]:
     """``(name_or_path, local_files_only)`` for ``from_pretrained``, raising fast if the hub is needed but offline."""
     if Path(name_or_path).is_dir():
         return name_or_path, True
+    # a hub name is "name" or "org/name"; anything longer, or starting like a path, is a local folder
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise PocketbertError(f"pretrained model folder {name_or_path} not found: run {run_hint(Path(name_or_path))} "
+                              "first, or set model.init_args.pretrained to an existing folder")
     try:
         from huggingface_hub import try_to_load_from_cache
 

@@ -13,19 +13,19 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
+from lightning_modules.hub import run_hint, vocab_tokens
 from lightning_modules.token_cache import (
     TokenizedTexts,
     atomic_torch_save,
     texts_fingerprint,
-    tokenize,
     tokenizer_fingerprint,
 )
 
@@ -45,18 +45,10 @@ class Teacher:
     fingerprint: str  # sha256 of the weights, config, labels and vocabulary
 
 
-def teacher_run_hint(path: Path) -> str:
-    """``tb_logs/<name>/latest/best.ckpt`` is written by the recipe ``<name>.yaml``: say to run it."""
-    parts = path.parts
-    if "tb_logs" in parts and parts.index("tb_logs") + 1 < len(parts):
-        return f"python -m recipes fit --config {parts[parts.index('tb_logs') + 1]}.yaml"
-    return "the teacher's recipe"
-
-
 def load_teacher(path: Path) -> Teacher:
     """Load a teacher from a pocketbert checkpoint (``weights_only``), frozen and in eval mode."""
     if not path.is_file():
-        raise PocketbertError(f"teacher checkpoint {path} not found: train the teacher first ({teacher_run_hint(path)})"
+        raise PocketbertError(f"teacher checkpoint {path} not found: train the teacher first ({run_hint(path)})"
                               ", or set model.init_args.teacher_checkpoint")
     exportable = load_exportable(path)
     model = exportable.model.eval()
@@ -126,13 +118,18 @@ def cached_teacher_logits(teacher: Teacher, texts: Sequence[str], tokens: Tokeni
     return logits, False
 
 
-def training_targets(teacher: Teacher, texts: Sequence[str], cache_dir: Path | None, *, use_cache: bool,
-                     device: torch.device, batch_size: int = 128) -> tuple[torch.Tensor | None, TokenizedTexts | None]:
-    """What a distillation run needs of the teacher for ``texts`` (the training split, by ``index``): with the cache,
-    its logits (n, num_labels) on ``device``; without, the texts in the teacher's vocabulary, to run it per batch."""
-    tokens = tokenize(texts, teacher.tokenizer, teacher.max_length, cache_dir, desc="tokenizing train for the teacher")
-    if not use_cache:
-        return None, tokens
-    logits, from_cache = cached_teacher_logits(teacher, texts, tokens, cache_dir, device=device, batch_size=batch_size)
-    rank_zero_info(f"teacher logits for {len(logits)} training texts {'from cache' if from_cache else 'computed'}")
-    return logits.to(device), None
+def check_layer_map(layer_map: dict[int, int], student_config: Any, teacher: Teacher,
+                    student_tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """Hidden-state matching needs layers that exist, a shared vocabulary and enough teacher positions."""
+    student_layers = int(student_config.num_hidden_layers)
+    teacher_layers = int(teacher.model.config.num_hidden_layers)
+    for s, t in layer_map.items():
+        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+            raise PocketbertError(f"layer_map {s}: {t} is out of range: the student has layers 0..{student_layers}"
+                                  f" and the teacher 0..{teacher_layers} (0 = embeddings)")
+    if vocab_tokens(teacher.tokenizer) != vocab_tokens(student_tokenizer):
+        raise PocketbertError("layer_map (hidden-state matching) needs the teacher to use the student's "
+                              "tokenizer, so that token positions line up; remove layer_map or use its vocab")
+    if int(teacher.model.config.max_position_embeddings) < max_length:
+        raise PocketbertError(f"the teacher covers {teacher.model.config.max_position_embeddings} positions but "
+                              f"max_length is {max_length}; lower data.init_args.max_length")

@@ -66,6 +66,9 @@ class PrunedVocab:
         with torch.no_grad():
             new.weight.copy_(old.weight[self.kept_ids.to(old.weight.device)])
         model.set_input_embeddings(new)
+        ngram = getattr(getattr(model.base_model, "embeddings", None), "ngram", None)
+        if ngram is not None:  # hashed n-grams follow the original ids, so their table rows stay valid
+            ngram.keep_tokens(self.kept_ids)
         model.config.vocab_size = len(self.tokens)
         model.config.pad_token_id = new_pad
         after = sum(p.numel() for p in model.parameters())

@@ -153,10 +153,13 @@ def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) 
     scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
     write_text(run_dir / "test_metrics.json", json.dumps(scalars, indent=2) + "\n")
     link_latest(run_dir, best_checkpoint)
+    if "test_acc" in metrics:
+        figures = f"test accuracy {metrics['test_acc']:.4f}   macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}"
+    else:  # e.g. pretraining: held-out masked-LM loss and accuracy
+        figures = "   ".join(f"{name} {value:.4f}" for name, value in scalars.items() if isinstance(value, float))
     print(
         "\n"
-        f"test accuracy {metrics.get('test_acc', float('nan')):.4f}   "
-        f"macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}\n"
+        f"{figures}\n"
         f"run dir:         {run_dir}\n"
         f"best checkpoint: {best_checkpoint or '(none)'}  (also {run_dir / 'best.ckpt'})\n"
         f"metrics:         {run_dir / 'test_metrics.json'}\n"

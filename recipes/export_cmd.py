@@ -18,7 +18,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport, PyTorchExport
-from callbacks.context import eval_set
+from callbacks.context import eval_set, train_split
 from export import ExportContext, ShippedModel, read_manifest, start_manifest
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir))
-    context = ExportContext(shipped, examples, out, texts=texts, writer=writer)
+    train_texts, train_labels = train_split(datamodule)
+    context = ExportContext(shipped, examples, out, texts=texts, train_texts=train_texts, train_labels=train_labels,
+                            writer=writer)
     start_manifest(out, source_checkpoint=str(checkpoint), label_names=shipped.label_names,
                    max_length=shipped.max_length, parameters=shipped.num_parameters, test_examples=len(examples))
     try:

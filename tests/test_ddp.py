@@ -82,8 +82,8 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
                  "mode: max}}, {class_path: callbacks.PyTorchExport, init_args: {int8: false}}]")
     metrics = ddp_fit(
         "news16_distill_cpu.yaml", tmp_path, cache, "--trainer.max_epochs", "6", "--trainer.callbacks", callbacks,
-        "--model.init_args.teacher_checkpoint", str(tiny_teacher),
-        "--model.init_args.architecture.num_layers", "1", "--model.init_args.architecture.hidden_size", "64",
+        "--model.init_args.teacher_checkpoint", str(tiny_teacher), "--model.init_args.teachers", "[]",
+        "--model.init_args.pretrained", "null", "--model.init_args.architecture.num_layers", "1", "--model.init_args.architecture.hidden_size", "64",
         "--model.init_args.architecture.num_heads", "2", "--model.init_args.architecture.intermediate_size", "128",
         "--model.init_args.learning_rate", "3e-3", "--model.init_args.warmup_ratio", "0.1",
     )
@@ -94,8 +94,9 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
     assert metrics["test_macro_f1"] == pytest.approx(single["test_macro_f1"], abs=1e-6)
     assert metrics["test_acc"] > 0.5  # learned: chance is 0.25
 
-    # both ranks computed the teacher's logits and renamed them into place: one whole cache entry, no temp file left
-    assert len(list(cache.glob("teacher-logits-*.pt"))) == 1 and not list(cache.glob(".*.tmp"))
+    # both ranks computed the teacher's logits and renamed them into place: one whole cache entry per split (train,
+    # val, test), no temp file left
+    assert len(list(cache.glob("teacher-logits-*.pt"))) == 3 and not list(cache.glob(".*.tmp"))
     # the student's checkpoint holds no teacher weights, and names its teacher
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["state_dict"] and all(key.startswith("model.") for key in checkpoint["state_dict"])

@@ -1,0 +1,153 @@
+"""The quality ladder: what each lever adds, side by side on the same split, with the linear baseline beside it.
+
+Every rung is a run of the shipped recipes through ``python -m recipes fit`` with a few fields changed (so the
+benchmark measures what ships), tested on the same test split; seeds change the model's initialization and data order
+(``seed_everything``), never the split. Rungs:
+
+1. the linear baseline: TF-IDF character 1-2-grams + LinearSVC (scikit-learn), fitted on the training split;
+2. the student's transformer from scratch, cross-entropy only (``<data>_cpu.yaml`` without n-grams);
+3. + hashed bigram embeddings;
+4. + mean pooling and the bag of bigrams beside the transformer (``<data>_cpu.yaml`` as shipped);
+5. + the cross-fitted linear teacher (``<data>_distill_cpu.yaml`` from scratch);
+6. + masked-LM pretraining (``<data>_pretrain_cpu.yaml`` then ``<data>_distill_cpu.yaml``: the shipped pipeline), with
+   its exported ONNX INT8 file's accuracy.
+
+    NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_ladder.py --data news16 --seeds 42 43
+
+Prints a Markdown table (mean and every seed) and writes JSON to ``benchmarks/results/quality_<data>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from export.baseline import baseline_row  # noqa: E402
+from lightning_modules import NewsDataModule  # noqa: E402
+
+RECIPES = REPO / "recipes"
+EXPORT_CALLBACKS = "callbacks."
+
+
+def recipe(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((RECIPES / f"{name}.yaml").read_text("utf-8"))
+    return loaded
+
+
+def without_exports(config: dict[str, Any]) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    callbacks = config["trainer"].get("callbacks") or []
+    config["trainer"]["callbacks"] = [c for c in callbacks if not c["class_path"].startswith(EXPORT_CALLBACKS)]
+    return config
+
+
+def run(config: dict[str, Any], name: str, seed: int, out: Path) -> Path:
+    """Fit ``config`` as run ``name`` with ``seed``; returns its run folder."""
+    config = copy.deepcopy(config)
+    config["seed_everything"] = seed
+    config["trainer"]["enable_progress_bar"] = False
+    config["trainer"]["logger"]["init_args"].update(save_dir=str(out / "tb_logs"), name=f"{name}_seed{seed}")
+    path = out / "configs" / f"{name}_seed{seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    start = time.perf_counter()
+    log = out / "logs" / f"{name}_seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "recipes", "fit", "--config", str(path)], cwd=REPO,
+                              stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
+    if done.returncode != 0:
+        raise SystemExit(f"{name} (seed {seed}) failed; see {log}")
+    print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    return out / "tb_logs" / f"{name}_seed{seed}" / "latest"
+
+
+def test_accuracy(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "test_metrics.json").read_text())["test_acc"])
+
+
+def ladder(data: str, seeds: list[int], out: Path) -> list[dict[str, Any]]:
+    classifier, pretrain, student = recipe(f"{data}_cpu"), recipe(f"{data}_pretrain_cpu"), recipe(f"{data}_distill_cpu")
+    dm = NewsDataModule(**{k: v for k, v in classifier["data"]["init_args"].items()})
+    dm.setup()
+    labels = {split: dm.datasets[split].labels.tolist() for split in ("train", "test")}
+    baseline = baseline_row(dm.texts["train"], labels["train"], dm.texts["test"], labels["test"],
+                            len(dm.label_names))
+    rows: list[dict[str, Any]] = [{"rung": f"linear baseline: {baseline['model']}", "accuracy": [baseline["accuracy"]],
+                                   "seeds": ["-"]}]
+
+    def architecture(config: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        config = without_exports(config)
+        config["model"]["init_args"]["architecture"].update(changes)
+        return config
+
+    scratch = architecture(classifier, ngram_orders=None, pooling="cls", ngram_bag=False)
+    bigram = architecture(classifier, pooling="cls", ngram_bag=False)
+    shipped_classifier = without_exports(classifier)
+    distilled = without_exports(student)
+    distilled["model"]["init_args"].pop("pretrained")
+    distilled["model"]["init_args"]["architecture"] = pretrain["model"]["init_args"]["architecture"]
+    rungs = [("transformer from scratch, cross-entropy", "scratch", scratch),
+             ("+ hashed bigram embeddings", "bigram", bigram),
+             ("+ mean pooling and a bag of bigrams", "pooling", shipped_classifier),
+             ("+ cross-fitted linear teacher (TF-IDF + LinearSVC, 5 folds)", "teacher", distilled)]
+    for title, name, config in rungs:
+        print(f"{title}:", flush=True)
+        accuracies = [test_accuracy(run(config, f"{data}_{name}", seed, out)) for seed in seeds]
+        rows.append({"rung": title, "accuracy": accuracies, "seeds": seeds})
+    print("+ masked-LM pretraining (the shipped pipeline):", flush=True)
+    shipped, int8 = [], []
+    for seed in seeds:
+        encoder = run(pretrain, f"{data}_pretrain", seed, out) / "pretrained"
+        config = copy.deepcopy(student)
+        config["model"]["init_args"]["pretrained"] = str(encoder)
+        run_dir = run(config, f"{data}_shipped", seed, out)
+        shipped.append(test_accuracy(run_dir))
+        benchmark = json.loads((run_dir / "export" / "benchmark.json").read_text())
+        int8.append(next(row["accuracy"] for row in benchmark["variants"] if row["variant"] == "onnx_int8"))
+    rows.append({"rung": "+ masked-LM pretraining (shipped recipes), PyTorch", "accuracy": shipped, "seeds": seeds})
+    rows.append({"rung": "  the shipped ONNX INT8 file", "accuracy": int8, "seeds": seeds})
+    for row in rows:
+        row["mean"] = statistics.mean(row["accuracy"])
+        row["vs_baseline_points"] = 100 * (row["mean"] - baseline["accuracy"])
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| rung | test accuracy (mean) | vs baseline (pts) | per seed |", "|---|---|---|---|"]
+    for row in rows:
+        per_seed = ", ".join(f"{seed}: {acc:.4f}" for seed, acc in zip(row["seeds"], row["accuracy"], strict=True))
+        lines.append(f"| {row['rung']} | {row['mean']:.4f} | {row['vs_baseline_points']:+.2f} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=["news16", "thucnews10"], default="news16")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    work = args.out / f"ladder_{args.data}"
+    start = time.perf_counter()
+    rows = ladder(args.data, args.seeds, work)
+    text = markdown(rows)
+    print(f"\n{text}\n\n({(time.perf_counter() - start) / 60:.0f} min)")
+    result = {"data": args.data, "seeds": args.seeds, "rows": rows, "minutes": (time.perf_counter() - start) / 60}
+    (args.out / f"quality_{args.data}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    main()

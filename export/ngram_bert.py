@@ -1,0 +1,261 @@
+"""BERT whose token embeddings also see hashed character n-grams, computed inside the model from the input ids.
+
+Short headlines are classified well by character n-grams (a TF-IDF bigram linear model is a strong baseline), and a
+small transformer trained from scratch struggles to learn them from single characters. Here every position ``i``
+adds the embeddings of the n-grams that *end* at ``i`` (tokens ``i-n+1 .. i``), looked up by a hash of their ids:
+
+    hash_n(i) = (sum_k (stable_id[x[i-k]] * multiplier_k) mod buckets) mod buckets + n's table offset
+
+Why this shape:
+- apps keep the same WordPiece ids and ``vocab.txt``: the hashing is part of the graph (ONNX, Core ML, TorchScript);
+- n-grams look only left, so right padding never changes a real position's n-grams (padded and unpadded rows give
+  identical logits), and positions before the text use a fill id no token has;
+- ``stable_id`` (the buffer ``hash_ids``) maps the model's token ids to the ids of the vocabulary the n-gram table
+  was trained with, so pruning the vocabulary (or pretraining on the full one) keeps every n-gram's row;
+- integer maths stays below 2**31 (Core ML runs int32): ``stable_id < hash_vocab_size`` and
+  ``multiplier_k < 2**31 / (hash_vocab_size + 1)``.
+
+This module imports only torch and transformers (no project code), so every loader of a shipped model (export,
+benchmark, ``classify``) can rebuild it. Importing it registers the ``ngram_bert`` model type with the ``Auto*``
+classes, so ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads a saved model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+)
+from transformers.models.bert.modeling_bert import BertEmbeddings
+
+MODEL_TYPE = "ngram_bert"
+MAX_ORDER = 4
+# Odd constants (fixed, so a config written today hashes the same tomorrow); scaled down to fit int32 when needed.
+_MULTIPLIERS = (1, 92821, 68917, 40063)
+
+
+def hash_multipliers(hash_vocab_size: int, orders: list[int]) -> list[int]:
+    """One multiplier per n-gram position, each small enough that ``id * multiplier`` fits in int32."""
+    limit = (2**31 - 1) // (hash_vocab_size + 1)
+    if limit < 2:
+        raise ValueError(f"a vocabulary of {hash_vocab_size} tokens is too large for int32 n-gram hashing")
+    return [1 + (m % (limit - 1)) if m >= limit else m for m in _MULTIPLIERS[: max(orders)]]
+
+
+class NgramBertConfig(BertConfig):
+    """``BertConfig`` plus the hashed n-gram embedding.
+
+    Args:
+        ngram_orders: N-gram lengths whose embeddings are added, e.g. ``[2]`` (bigrams) or ``[2, 3]``.
+        ngram_buckets: Hash buckets per order (rows of the n-gram table per order).
+        ngram_size: Width of the n-gram table; projected to ``hidden_size`` when different (a smaller table).
+        ngram_dropout: Training-time probability of dropping a position's n-gram vector (the table is large and
+            memorizes rare n-grams otherwise).
+        hash_vocab_size: Size of the vocabulary the stable ids come from (the original, unpruned one).
+        ngram_multipliers: Hash multipliers (derived from ``hash_vocab_size`` when not given).
+        pooling: What the pooler summarizes: the ``cls`` token (BERT's) or the ``mean`` of the real tokens' last
+            hidden states (better for small models trained on little data).
+        ngram_bag: Append the mean of the text's n-gram vectors (``ngram_size`` values, a fastText-like bag of
+            n-grams) to the pooled features the classifier reads.
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, ngram_orders: list[int] | None = None, ngram_buckets: int = 20000,
+                 ngram_size: int | None = None, ngram_dropout: float = 0.0, hash_vocab_size: int | None = None,
+                 ngram_multipliers: list[int] | None = None, pooling: str = "cls", ngram_bag: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
+        self.pooling = pooling
+        self.ngram_bag = bool(ngram_bag)
+        self.ngram_orders = sorted({int(n) for n in (ngram_orders or [2])})
+        if not all(2 <= n <= MAX_ORDER for n in self.ngram_orders):
+            raise ValueError(f"ngram_orders must be between 2 and {MAX_ORDER}, got {self.ngram_orders}")
+        if ngram_buckets < 1:
+            raise ValueError(f"ngram_buckets must be positive, got {ngram_buckets}")
+        self.ngram_buckets = int(ngram_buckets)
+        self.ngram_size = int(ngram_size or self.hidden_size)
+        self.ngram_dropout = float(ngram_dropout)
+        self.hash_vocab_size = int(hash_vocab_size or self.vocab_size)
+        self.ngram_multipliers = list(ngram_multipliers or hash_multipliers(self.hash_vocab_size, self.ngram_orders))
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the pooled features the classifier reads."""
+        return self.hidden_size + (self.ngram_size if self.ngram_bag else 0)
+
+
+class HashedNgramEmbedding(nn.Module):
+    """``input_ids`` (batch, seq) -> summed embeddings of the n-grams ending at each position (batch, seq, hidden)."""
+
+    def __init__(self, config: NgramBertConfig) -> None:
+        super().__init__()
+        self.orders = list(config.ngram_orders)
+        self.buckets = int(config.ngram_buckets)
+        self.multipliers = list(config.ngram_multipliers)
+        self.fill_id = int(config.hash_vocab_size)  # the id "before the text": no token has it
+        self.table = nn.Embedding(self.buckets * len(self.orders), config.ngram_size)
+        self.projection = (nn.Linear(config.ngram_size, config.hidden_size, bias=False)
+                           if config.ngram_size != config.hidden_size else None)
+        self.dropout = float(config.ngram_dropout)
+        # model token id -> stable id (the original vocabulary's id); persistent: it changes when pruning
+        self.hash_ids = nn.Buffer(torch.arange(config.vocab_size, dtype=torch.long))
+
+    def bucket_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Row of the table for every (order, position): (batch, seq, len(orders))."""
+        stable = self.hash_ids[input_ids.long()]  # (batch, seq)
+        seq = stable.shape[1]
+        padded = nn.functional.pad(stable, (MAX_ORDER - 1, 0), value=self.fill_id)  # (batch, seq + MAX_ORDER - 1)
+        # term k: the token k places to the left, times its multiplier, reduced mod buckets (stays in int32)
+        terms = [(padded[:, MAX_ORDER - 1 - k : MAX_ORDER - 1 - k + seq] * self.multipliers[k]) % self.buckets
+                 for k in range(max(self.orders))]
+        rows = []
+        for slot, order in enumerate(self.orders):
+            total = terms[0]
+            for k in range(1, order):
+                total = total + terms[k]
+            rows.append(total % self.buckets + slot * self.buckets)
+        return torch.stack(rows, dim=-1)
+
+    def table_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The summed table rows of each position's n-grams (batch, seq, ngram_size), dropped out in training."""
+        vectors = self.table(self.bucket_ids(input_ids)).sum(dim=2)
+        if self.training and self.dropout > 0:
+            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.dropout
+            vectors = vectors * keep.unsqueeze(-1).to(vectors.dtype)
+        return vectors
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        vectors = self.table_vectors(input_ids)
+        return self.projection(vectors) if self.projection is not None else vectors  # (batch, seq, hidden)
+
+    def keep_tokens(self, kept_ids: torch.Tensor) -> None:
+        """Follow a vocabulary pruning: new token ``j`` is old token ``kept_ids[j]``."""
+        self.hash_ids = nn.Buffer(self.hash_ids[kept_ids.to(self.hash_ids.device)].clone())
+
+
+class NgramBertEmbeddings(BertEmbeddings):
+    """BERT embeddings (word + position + type, LayerNorm, dropout) with the n-gram vectors added to the words."""
+
+    def __init__(self, config: NgramBertConfig) -> None:
+        super().__init__(config)
+        self.ngram = HashedNgramEmbedding(config)
+
+    # **kwargs: the cache-length argument is named differently across transformers versions
+    def forward(self, input_ids: torch.LongTensor | None = None,  # type: ignore[override]
+                token_type_ids: torch.LongTensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                **kwargs: Any) -> torch.Tensor:
+        if input_ids is None:
+            raise ValueError("ngram_bert needs input_ids (its n-grams are hashed from them), not inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        inputs_embeds = inputs_embeds + self.ngram(input_ids)
+        if token_type_ids is None:
+            token_type_ids = cast(torch.LongTensor, torch.zeros_like(input_ids))
+        return super().forward(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
+                               inputs_embeds=inputs_embeds, **kwargs)
+
+
+def _init_ngram(module: nn.Module, config: BertConfig) -> None:
+    """Initialize what ``BertPreTrainedModel._init_weights`` does not know (runs for missing weights too)."""
+    if isinstance(module, HashedNgramEmbedding):
+        nn.init.normal_(module.table.weight, std=config.initializer_range)
+        if module.projection is not None:
+            nn.init.normal_(module.projection.weight, std=config.initializer_range)
+        with torch.no_grad():
+            module.hash_ids.copy_(torch.arange(module.hash_ids.numel(), device=module.hash_ids.device))
+
+
+def masked_mean(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, width), (batch, seq) -> (batch, width): the mean over real (unmasked) positions."""
+    mask = attention_mask.unsqueeze(-1).to(values.dtype)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class NgramBertModel(BertModel):
+    config_class = NgramBertConfig
+
+    def __init__(self, config: NgramBertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        self.embeddings = NgramBertEmbeddings(config)
+        self.post_init()
+
+    def pooled_features(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads (batch, config.feature_size), from the last hidden states (batch, seq, hidden).
+
+        The export graph calls this too, so every format computes the same features."""
+        if self.pooler is None:
+            raise ValueError("pooled_features needs the pooling layer")
+        if self.config.pooling == "mean":
+            pooled = self.pooler.activation(self.pooler.dense(masked_mean(hidden, attention_mask)))
+        else:
+            pooled = self.pooler(hidden)
+        if self.config.ngram_bag:
+            ngram: HashedNgramEmbedding = self.embeddings.ngram  # type: ignore[assignment]
+            bag = masked_mean(ngram.table_vectors(input_ids), attention_mask)  # (batch, ngram_size)
+            pooled = torch.cat([pooled, bag], dim=-1)
+        return pooled
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.pooler is not None and input_ids is not None and (self.config.pooling != "cls"
+                                                                   or self.config.ngram_bag):
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            pooled = self.pooled_features(outputs[0], input_ids, mask)
+            if isinstance(outputs, tuple):
+                return (outputs[0], pooled, *outputs[2:])
+            outputs.pooler_output = pooled
+        return outputs
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_ngram(module, self.config)
+
+
+class NgramBertForSequenceClassification(BertForSequenceClassification):
+    config_class = NgramBertConfig
+
+    def __init__(self, config: NgramBertConfig) -> None:
+        super().__init__(config)
+        self.bert = NgramBertModel(config)
+        # the pooled features may carry the n-gram bag
+        self.classifier = nn.Linear(config.feature_size, config.num_labels or 2)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_ngram(module, self.config)
+
+
+class NgramBertForMaskedLM(BertForMaskedLM):
+    config_class = NgramBertConfig
+
+    def __init__(self, config: NgramBertConfig) -> None:
+        super().__init__(config)
+        self.bert = NgramBertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_ngram(module, self.config)
+
+
+AutoConfig.register(MODEL_TYPE, NgramBertConfig, exist_ok=True)
+AutoModel.register(NgramBertConfig, NgramBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(NgramBertConfig, NgramBertForSequenceClassification, exist_ok=True)
+AutoModelForMaskedLM.register(NgramBertConfig, NgramBertForMaskedLM, exist_ok=True)
