@@ -35,6 +35,7 @@ from export.onnx_export import onnx_session
 from export.torch_export import load_torchscript
 
 REFERENCE = "pytorch_fp32"
+DEFAULT_SHIPPED = "onnx_int8"  # what an app ships when the budgets do not name a variant
 ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_w8", "coreml_personalizable"]
 RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")
 COLUMNS = [("variant", "variant"), ("format", "format"), ("size_mb", "size MB"), ("parameters", "params"),
@@ -179,13 +180,53 @@ def check_budgets(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
     return broken
 
 
-def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int) -> str:
+def shipped_variant(rows: list[dict[str, Any]], budgets: Budgets) -> tuple[str, str]:
+    """The variant an app ships, and why: the first of ``budgets.variants`` when set, else ONNX INT8 when exported,
+    else the PyTorch fp32 reference (``python -m recipes classify`` runs it by default)."""
+    names = [row["variant"] for row in rows]
+    if budgets.variants:
+        return budgets.variants[0], "the first of budgets.variants"
+    if DEFAULT_SHIPPED in names:
+        return DEFAULT_SHIPPED, "ONNX INT8 was exported and no budgets.variants are set"
+    return (REFERENCE if REFERENCE in names or not names else names[0]), "no budgets.variants and no ONNX INT8"
+
+
+def budget_verdicts(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
+    """One line per variant the budgets apply to, each budget with its value, limit and OK/FAIL, then PASS/FAIL."""
+    limits = [("size", "size_mb", "MB", budgets.max_size_mb), ("accuracy drop", "accuracy_drop_points", "pts",
+                                                                 budgets.max_accuracy_drop),
+              ("p50", "p50_ms", "ms", budgets.max_p50_ms)]
+    limits = [limit for limit in limits if limit[3] is not None]
+    if not limits:
+        return ["budgets: none set (ExportBenchmark budgets: max_size_mb, max_accuracy_drop, max_p50_ms)"]
+    lines = []
+    for row in rows:
+        if budgets.variants is not None and row["variant"] not in budgets.variants:
+            continue
+        parts, passed = [], True
+        for title, key, unit, limit in limits:
+            value = row.get(key)
+            if value is None:
+                parts.append(f"{title} not measured")
+                continue
+            ok = value <= limit  # type: ignore[operator]
+            passed &= ok
+            parts.append(f"{title} {value:.2f} {unit} {'<=' if ok else '>'} {limit} {'OK' if ok else 'FAIL'}")
+        lines.append(f"budget {row['variant']}: {'; '.join(parts)} -> {'PASS' if passed else 'FAIL'}")
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int,
+             shipped: tuple[str, str] | None = None, verdicts: list[str] | None = None) -> str:
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
     notes = [f"- {row['variant']}: {row['note']}" for row in rows if "note" in row]
     lines += ["", *notes] if notes else []
+    if shipped is not None:
+        lines += ["", f"shipped: {shipped[0]} ({shipped[1]}; `python -m recipes classify` runs it by default)"]
+    lines += ["", *verdicts] if verdicts else []
     return (f"CPU, {settings.threads} thread(s); latency: batch 1 x {settings.latency_length} tokens, "
             f"{settings.warmup} warm-up + {settings.repeats} timed calls; throughput: batches of "
             f"{settings.throughput_batch} real test rows; accuracy on {examples} test examples; agreement = "
@@ -207,10 +248,15 @@ def _cell(key: str, value: Any) -> str:
 
 
 def write_reports(export_dir: Path, rows: list[dict[str, Any]], settings: TimingSettings, examples: int,
-                  broken: list[str]) -> str:
-    """``benchmark.json`` and ``benchmark.md``; returns the markdown."""
-    text = markdown(rows, settings, examples)
+                  broken: list[str], budgets: Budgets | None = None) -> str:
+    """``benchmark.json`` and ``benchmark.md`` (with the shipped variant and the budget verdicts); returns the
+    markdown."""
+    budgets = budgets or Budgets()
+    shipped, verdicts = shipped_variant(rows, budgets), budget_verdicts(rows, budgets)
+    text = markdown(rows, settings, examples, shipped, verdicts)
     write_json(export_dir / "benchmark.json", {"settings": vars(settings), "test_examples": examples,
-                                               "variants": rows, "broken_budgets": broken})
+                                               "variants": rows, "broken_budgets": broken, "shipped": shipped[0],
+                                               "shipped_because": shipped[1], "budgets": vars(budgets),
+                                               "budget_verdicts": verdicts})
     write_text(export_dir / "benchmark.md", f"# Export benchmark\n\n{text}\n")
     return text
