@@ -53,7 +53,8 @@ class ProgressLines(Callback):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
                    if key.startswith("val_") and "/" not in key}
         shown = "  ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items()))
-        self.emit(trainer, f"{self.line(trainer, time.monotonic())}  validated: {shown}")
+        self._last = time.monotonic()  # the validation line counts as the progress line of this interval
+        self.emit(trainer, f"{self.line(trainer, self._last)}  validated: {shown}")
 
     @staticmethod
     def emit(trainer: L.Trainer, line: str) -> None:

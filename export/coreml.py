@@ -82,7 +82,8 @@ class UpdatableHead:
 # POCKETBERT_COREML_PROGRESS=1 shows them again.
 _PROGRESS_BARS = {"coremltools.converters.mil.mil.passes.pass_pipeline": "tqdm",
                   "coremltools.converters.mil.frontend.torch.ops": "_tqdm",
-                  "coremltools.converters.mil.backend.nn.op_mapping": "_tqdm"}
+                  "coremltools.converters.mil.backend.nn.op_mapping": "_tqdm",
+                  "coremltools.optimize.coreml._quantization_passes": "tqdm"}
 PROGRESS_ENV = "POCKETBERT_COREML_PROGRESS"
 
 

@@ -65,6 +65,9 @@ def _show_deprecations_once() -> None:
 
 def configure_trainer(trainer_config: dict[str, Any], subcommand: str | None, interactive: bool) -> None:
     """Add the console callbacks to a Trainer's config (in place) before the Trainer is built."""
+    if subcommand in ("validate", "test", "predict"):
+        # a recipe's ModelCheckpoint restored into a new version dir: only a resumed fit cares what it cannot reload
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
     callbacks = list(trainer_config.get("callbacks") or [])
     if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar)
                                                                            for c in callbacks):

@@ -72,7 +72,8 @@ def test_benchmark_marks_the_shipped_variant_and_prints_the_budget_verdict(run: 
 def test_run_output_carries_no_third_party_noise(run: dict[str, Any]) -> None:
     output = run["stdout"] + run["stderr"]
     assert "litlogger" not in output and "litmodels" not in output  # Lightning's advertising tip
-    assert "Running MIL" not in output and "Converting PyTorch Frontend" not in output  # coremltools' pass bars
+    assert "Running MIL" not in output and "Running compression pass" not in output  # coremltools bars
+    assert "Loading weights" not in output and "Writing model shards" not in output  # transformers bars
     assert "FLOPs" not in output and "v_num" not in output
     assert output.count("LeafSpec") == 0  # lightning's _pytree FutureWarning, silenced at its source
 
