@@ -76,8 +76,8 @@ def default_variant(export_dir: Path, artifacts: dict[str, Any]) -> tuple[str, s
         return shipped, "shipped, as benchmark.json marks it"
     fallback = DEFAULT_SHIPPED if DEFAULT_SHIPPED in artifacts else REFERENCE
     if shipped is None:
-        return fallback, f"{'no benchmark.json' if not benchmark.is_file() else 'benchmark.json marks none'} as " \
-                         "shipped: the default"
+        return fallback, ("the default: no benchmark.json" if not benchmark.is_file()
+                          else "the default: benchmark.json marks no shipped variant")
     return fallback, f"the shipped variant {shipped} cannot run here (Core ML predicts on macOS only)"
 
 

@@ -133,6 +133,27 @@ def test_predict_writes_the_test_split_predictions(export_run: dict[str, Any], s
     assert f"predict: wrote 2 predictions of the predict split to {path}" in capsys.readouterr().out
     assert [(row["text"], row["label"]) for row in read_csv(path)] == [("国足战胜对手晋级", ""),
                                                                        ("央行宣布降准,股市大涨", "")]  # NFKC
+    code = main(["predict", *common, "--data.init_args.predict_file", str(tmp_path / "nosuch.txt")])
+    assert_one_line_error(capsys, code, f"predict_file not found: {tmp_path / 'nosuch.txt'}; check the path")
+
+
+@pytest.mark.parametrize(("shipped", "expected"), [
+    ("coreml_w8", "classify: onnx_int8 (the shipped variant coreml_w8 cannot run here (Core ML predicts on macOS"),
+    (None, "classify: onnx_int8 (the default: no benchmark.json)"),
+])
+def test_classify_falls_back_when_the_shipped_variant_cannot_run(
+        export_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], shipped: str | None,
+        expected: str) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(export_run["export"], bundle)
+    if shipped is None:
+        (bundle / "benchmark.json").unlink()
+    else:
+        report = json.loads((bundle / "benchmark.json").read_text())
+        (bundle / "benchmark.json").write_text(json.dumps({**report, "shipped": shipped}))
+    source = write(tmp_path, "one.txt", "国足晋级\n".encode())
+    assert main(["classify", "--run", str(bundle), "--input", str(source), "--output", str(tmp_path / "o.csv")]) == 0
+    assert expected in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -205,3 +226,6 @@ def test_data_tool_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert_one_line_error(capsys, main(["data", "--config", str(tmp_path / "nosuch.yaml")]), "config",
                           "not found")
     assert_one_line_error(capsys, main(["data"]), "the following arguments are required: --config")
+    config = write(tmp_path, "raw.yaml", b"data:\n  class_path: lightning_modules.NewsDataModule\n  init_args:\n"
+                                         b"    train_file: raw.txt\n    format: delimited\n")
+    assert_one_line_error(capsys, main(["data", "--config", str(config)]), "format delimited needs a delimiter")
