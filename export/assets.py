@@ -31,11 +31,17 @@ EDGE_CASES = [
     "中国" * 200,
 ]
 _WHITESPACE = re.compile(r"\s+")
+# The name of the text normalization below, recorded in the bundle (golden_tokens.json, manifest.json) so a reader
+# of the bundle (an app, `python -m recipes classify`) knows which one to apply before tokenizing.
+NORMALIZATION = "nfkc+collapse-whitespace"
 
 
 def normalize(text: str) -> str:
     """The normalization the DataModule applies before tokenizing (apps must apply it too)."""
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+NORMALIZERS = {NORMALIZATION: normalize}
 
 
 def build_tokenizer(vocab: list[str]) -> BertTokenizer:
@@ -71,6 +77,7 @@ def tokenizer_settings(tokenizer: BertTokenizer, max_length: int) -> dict[str, A
         "special_tokens": special,
         "max_length": max_length,
         "normalization": "NFKC, whitespace runs collapsed to one space, stripped (before tokenizing)",
+        "normalization_id": NORMALIZATION,
         "layout": "[CLS] tokens [SEP], truncated to max_length keeping [SEP]; pad right with [PAD], "
                   "attention_mask 1 for real tokens and 0 for padding",
     }

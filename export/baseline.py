@@ -17,6 +17,8 @@ import numpy as np
 from export.errors import ExportError
 from export.evaluation import accuracy_and_macro_f1
 
+BASELINE = "baseline"  # the variant name of the linear baseline row in benchmark tables
+
 
 @dataclass
 class TfidfSettings:
@@ -103,7 +105,7 @@ def baseline_row(train_texts: list[str], train_labels: list[int], test_texts: li
     model = fit_baseline(train_texts, train_labels, num_labels, settings)
     fit_seconds = time.perf_counter() - start
     figures = accuracy_and_macro_f1(model.decisions(test_texts), test_labels, num_labels)
-    return {"variant": "baseline", "format": "sklearn", "model": model.settings.describe(),
+    return {"variant": BASELINE, "format": "sklearn", "model": model.settings.describe(),
             "size_mb": model.shipped_bytes / 1e6, "parameters": int(model.classifier.coef_.size
                                                                       + model.classifier.intercept_.size),
             "features": len(model.vectorizer.idf_), "fit_seconds": fit_seconds, "train_examples": len(train_texts),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.baseline import BASELINE
 from export.evaluation import (
     EvalSet,
     Predictor,
@@ -35,6 +36,7 @@ from export.onnx_export import onnx_session
 from export.torch_export import load_torchscript
 
 REFERENCE = "pytorch_fp32"
+DEFAULT_SHIPPED = "onnx_int8"  # what an app ships when the budgets do not name a variant
 ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_w8", "coreml_personalizable"]
 RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")
 COLUMNS = [("variant", "variant"), ("format", "format"), ("size_mb", "size MB"), ("parameters", "params"),
@@ -198,18 +200,9 @@ def add_baseline(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> list[d
     return [*rows, baseline]
 
 
-def shipped_variant(rows: list[dict[str, Any]], budgets: Budgets) -> str | None:
-    """The variant an app ships: the first the budgets name, else ONNX INT8, else the reference."""
-    measured = [row["variant"] for row in rows if "accuracy" in row and row["variant"] != "baseline"]
-    for name in [*(budgets.variants or []), "onnx_int8", REFERENCE]:
-        if name in measured:
-            return name
-    return measured[0] if measured else None
-
-
 def baseline_verdict(rows: list[dict[str, Any]], shipped: str | None) -> str | None:
     """One sentence: by how many points the shipped variant leads (or trails) the linear baseline."""
-    baseline = next((row for row in rows if row["variant"] == "baseline"), None)
+    baseline = next((row for row in rows if row["variant"] == BASELINE), None)
     row = next((row for row in rows if row["variant"] == shipped), None)
     if baseline is None or row is None or "lead_over_baseline_points" not in row:
         return None
@@ -220,15 +213,59 @@ def baseline_verdict(rows: list[dict[str, Any]], shipped: str | None) -> str | N
             f"({row['accuracy']:.4f} vs {baseline['accuracy']:.4f}).")
 
 
-def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int, shipped: str | None = None) -> str:
+def shipped_variant(rows: list[dict[str, Any]], budgets: Budgets) -> tuple[str, str]:
+    """The variant an app ships, and why: the first of ``budgets.variants`` when set, else ONNX INT8 when exported,
+    else the PyTorch fp32 reference (``python -m recipes classify`` runs it by default)."""
+    names = [row["variant"] for row in rows if row["variant"] != BASELINE]
+    if budgets.variants:
+        return budgets.variants[0], "the first of budgets.variants"
+    if DEFAULT_SHIPPED in names:
+        return DEFAULT_SHIPPED, "ONNX INT8 was exported and no budgets.variants are set"
+    return (REFERENCE if REFERENCE in names or not names else names[0]), "no budgets.variants and no ONNX INT8"
+
+
+def budget_verdicts(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
+    """One line per variant the budgets apply to, each budget with its value, limit and OK/FAIL, then PASS/FAIL."""
+    # (title, row key, unit, limit, the limit is a floor rather than a ceiling)
+    limits = [("size", "size_mb", "MB", budgets.max_size_mb, False),
+              ("accuracy drop", "accuracy_drop_points", "pts", budgets.max_accuracy_drop, False),
+              ("p50", "p50_ms", "ms", budgets.max_p50_ms, False),
+              ("lead over baseline", "lead_over_baseline_points", "pts", budgets.min_lead_over_baseline, True)]
+    limits = [limit for limit in limits if limit[3] is not None]
+    if not limits:
+        return ["budgets: none set (ExportBenchmark budgets: max_size_mb, max_accuracy_drop, max_p50_ms, "
+                "min_lead_over_baseline)"]
+    lines = []
+    for row in rows:
+        if row["variant"] == BASELINE or (budgets.variants is not None and row["variant"] not in budgets.variants):
+            continue
+        parts, passed = [], True
+        for title, key, unit, limit, floor in limits:
+            value = row.get(key)
+            if value is None:
+                parts.append(f"{title} not measured")
+                continue
+            ok = value >= limit if floor else value <= limit  # type: ignore[operator]
+            passed &= ok
+            sign = (">=" if ok else "<") if floor else ("<=" if ok else ">")
+            parts.append(f"{title} {value:.2f} {unit} {sign} {limit} {'OK' if ok else 'FAIL'}")
+        lines.append(f"budget {row['variant']}: {'; '.join(parts)} -> {'PASS' if passed else 'FAIL'}")
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]], settings: TimingSettings, examples: int,
+             shipped: tuple[str, str] | None = None, verdicts: list[str] | None = None) -> str:
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
-    verdict = baseline_verdict(rows, shipped)
+    verdict = baseline_verdict(rows, shipped[0] if shipped else None)
     notes = [f"- {row['variant']}: {row['note']}" for row in rows if "note" in row]
     lines += ["", verdict] if verdict else []
     lines += ["", *notes] if notes else []
+    if shipped is not None:
+        lines += ["", f"shipped: {shipped[0]} ({shipped[1]}; `python -m recipes classify` runs it by default)"]
+    lines += ["", *verdicts] if verdicts else []
     return (f"CPU, {settings.threads} thread(s); latency: batch 1 x {settings.latency_length} tokens, "
             f"{settings.warmup} warm-up + {settings.repeats} timed calls; throughput: batches of "
             f"{settings.throughput_batch} real test rows; accuracy on {examples} test examples; agreement = "
@@ -250,10 +287,15 @@ def _cell(key: str, value: Any) -> str:
 
 
 def write_reports(export_dir: Path, rows: list[dict[str, Any]], settings: TimingSettings, examples: int,
-                  broken: list[str], shipped: str | None = None) -> str:
-    """``benchmark.json`` and ``benchmark.md``; returns the markdown."""
-    text = markdown(rows, settings, examples, shipped)
+                  broken: list[str], budgets: Budgets | None = None) -> str:
+    """``benchmark.json`` and ``benchmark.md`` (with the shipped variant and the budget verdicts); returns the
+    markdown."""
+    budgets = budgets or Budgets()
+    shipped, verdicts = shipped_variant(rows, budgets), budget_verdicts(rows, budgets)
+    text = markdown(rows, settings, examples, shipped, verdicts)
     write_json(export_dir / "benchmark.json", {"settings": vars(settings), "test_examples": examples,
-                                               "shipped": shipped, "variants": rows, "broken_budgets": broken})
+                                               "variants": rows, "broken_budgets": broken, "shipped": shipped[0],
+                                               "shipped_because": shipped[1], "budgets": vars(budgets),
+                                               "budget_verdicts": verdicts})
     write_text(export_dir / "benchmark.md", f"# Export benchmark\n\n{text}\n")
     return text

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
+import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -74,14 +77,44 @@ class UpdatableHead:
                               f"got {self.max_golden_accuracy_drop} and {self.golden_check_size}")
 
 
+# coremltools draws a tqdm bar for every conversion stage and every MIL pass pipeline (hundreds per export), with no
+# switch to turn them off; the names its modules call tqdm by are swapped for a disabled tqdm during our calls.
+# POCKETBERT_COREML_PROGRESS=1 shows them again.
+_PROGRESS_BARS = {"coremltools.converters.mil.mil.passes.pass_pipeline": "tqdm",
+                  "coremltools.converters.mil.frontend.torch.ops": "_tqdm",
+                  "coremltools.converters.mil.backend.nn.op_mapping": "_tqdm",
+                  "coremltools.optimize.coreml._quantization_passes": "tqdm"}
+PROGRESS_ENV = "POCKETBERT_COREML_PROGRESS"
+
+
+@contextlib.contextmanager
+def _silent_progress_bars() -> Iterator[None]:
+    if os.environ.get(PROGRESS_ENV, "0").lower() in {"1", "true", "yes", "on"}:
+        yield
+        return
+    swapped = []
+    for module_name, attribute in _PROGRESS_BARS.items():
+        module = sys.modules.get(module_name)
+        bar = getattr(module, attribute, None)
+        if module is not None and bar is not None:
+            swapped.append((module, attribute, bar))
+            setattr(module, attribute, functools.partial(bar, disable=True))
+    try:
+        yield
+    finally:
+        for module, attribute, bar in reversed(swapped):
+            setattr(module, attribute, bar)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """coremltools logs 'untested torch version' and 'libcoremlpython missing' (Linux) warnings, and prints."""
+    """coremltools logs 'untested torch version' and 'libcoremlpython missing' (Linux) warnings, prints, and draws
+    progress bars."""
     logger = logging.getLogger("coremltools")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _silent_progress_bars():
             warnings.simplefilter("ignore")
             yield
     finally:

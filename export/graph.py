@@ -7,7 +7,9 @@ embeddings -> encoder layers -> pooler -> classifier, which exports to ONNX, Tor
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -105,8 +107,24 @@ class ClassifierGraph(nn.Module):
         return result[0] if self.squeeze_batch else result
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers 5 draws tqdm bars ("Loading weights", "Writing model shards") for every save and load, even of a
+    tiny model; its own switch turns them off for the block."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_dir(path: Path) -> PreTrainedModel:
     """The fp32 classifier saved by :func:`export.torch_export.save_pytorch` (``save_pretrained`` layout)."""
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).eval()
+    with quiet_transformers():
+        return AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).eval()

@@ -15,17 +15,16 @@ import numpy as np
 import torch
 
 from export import coreml, monitoring, personalization
-from export.assets import EDGE_CASES, tokenizer_settings, write_golden_tokens, write_labels, write_vocab
-from export.baseline import baseline_row
-from export.benchmark import (
-    Budgets,
-    TimingSettings,
-    add_baseline,
-    check_budgets,
-    run_benchmark,
-    shipped_variant,
-    write_reports,
+from export.assets import (
+    EDGE_CASES,
+    NORMALIZATION,
+    tokenizer_settings,
+    write_golden_tokens,
+    write_labels,
+    write_vocab,
 )
+from export.baseline import baseline_row
+from export.benchmark import Budgets, TimingSettings, add_baseline, check_budgets, run_benchmark, write_reports
 from export.context import ExportContext
 from export.errors import ExportError
 from export.evaluation import (
@@ -193,7 +192,9 @@ def write_app_assets(ctx: ExportContext, golden_texts: list[str] | None = None, 
     """``vocab.txt``, ``labels.json`` and ``golden_tokens.json`` (edge cases + test headlines)."""
     out, shipped = ctx.export_dir, ctx.shipped
     write_vocab(shipped.vocab, out / "vocab.txt")
-    record(out, "vocab", "text", out / "vocab.txt", tokens=len(shipped.vocab))
+    # what a reader of the bundle needs to turn raw text into the model's ids (python -m recipes classify reads it)
+    record(out, "vocab", "text", out / "vocab.txt", tokens=len(shipped.vocab), normalization=NORMALIZATION,
+           max_length=shipped.max_length)
     write_labels(shipped.label_names, out / "labels.json")
     record(out, "labels", "json", out / "labels.json", labels=len(shipped.label_names))
     texts = [*EDGE_CASES, *(golden_texts if golden_texts is not None else ctx.texts[:samples])]
@@ -233,7 +234,7 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
         rows = add_baseline(rows, baseline_row(ctx.train_texts, ctx.train_labels, ctx.texts, ctx.eval_set.labels,
                                                num_labels))
     broken = check_budgets(rows, budgets)
-    text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, shipped_variant(rows, budgets))
+    text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, budgets)
     if ctx.writer is not None:
         for row in rows:
             for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from export.files import atomic_path
-from export.graph import ClassifierGraph, ShippedModel, prepare
+from export.graph import ClassifierGraph, ShippedModel, prepare, quiet_transformers
 
 
 def save_pytorch(shipped: ShippedModel, path: Path) -> None:
@@ -27,7 +27,7 @@ def save_pytorch(shipped: ShippedModel, path: Path) -> None:
     model = copy.deepcopy(shipped.model).cpu().float().eval()
     model.config.id2label = dict(enumerate(shipped.label_names))
     model.config.label2id = {name: i for i, name in enumerate(shipped.label_names)}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, quiet_transformers():
         model.save_pretrained(str(tmp))
 
 

@@ -5,8 +5,18 @@ Formats:
   taken as one real space.
 - ``thucnews``: ``title<TAB>class_id`` with class names in a ``class.txt`` (line i = class i).
 - ``tnews``: CLUE JSON lines with ``sentence`` and ``label`` (code) / ``label_desc``.
-- ``csv`` / ``tsv`` (with a header row) / ``jsonl``: generic, with configurable text and label fields.
-- ``lines`` (unlabeled text only): one text a line.
+- ``csv`` / ``tsv``: generic delimited files read with Python's ``csv`` module (quoting rules below), with or without
+  a header row; columns by header name or 0-based index.
+- ``delimited``: any delimiter string (e.g. Toutiao's ``_!_``), no quoting at all: every occurrence of the
+  delimiter splits, and every row must have as many fields as the first.
+- ``jsonl``: one JSON object a line, with configurable text and label keys.
+- ``lines`` (unlabeled pretraining text only, ``read_texts``): one text a line.
+
+Quoting in ``csv`` and ``tsv`` (Python's ``csv`` "excel" dialect, as RFC 4180): a field may be enclosed in double
+quotes; inside quotes the delimiter, line breaks and ``""`` (one literal quote) are text. A quote inside an unquoted
+field is literal (``他说"好"`` stays as is), but a field that *starts* with ``"`` is read as a quoted field
+(``"双引号"新闻`` becomes ``双引号新闻``). Files written by ``csv.writer`` or pandas round-trip exactly. For raw files
+whose texts may start with a quote and that use no quoting, use ``delimited`` with ``delimiter: "\t"`` (or ``","``).
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from typing import Literal
 
 from lightning_modules.errors import PocketbertError
 
-CorpusFormat = Literal["nlpcc_char", "thucnews", "tnews", "csv", "tsv", "jsonl"]
 # Formats read for their text alone (pretraining): any labelled format, or ``lines`` (one text a line).
 TextFormat = Literal["lines", "nlpcc_char", "thucnews", "tnews", "csv", "tsv", "jsonl"]
+CorpusFormat = Literal["nlpcc_char", "thucnews", "tnews", "csv", "tsv", "delimited", "jsonl"]
+Column = int | str  # a header name, or a 0-based column index (files without a header row)
+RareClasses = Literal["warn", "drop"]
 _SPACE_RUN = re.compile(r"\s{2,}")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -35,6 +47,7 @@ _WHITESPACE = re.compile(r"\s+")
 class Example:
     text: str
     label: str
+    original: str = ""  # the text as read from the file, before normalization
 
 
 @dataclass
@@ -48,6 +61,9 @@ class CleaningReport:
     conflicts: list[tuple[str, list[str]]] = field(default_factory=list)
     outside_whitelist: Counter[str] = field(default_factory=Counter)
     class_counts: Counter[str] = field(default_factory=Counter)
+    rare_classes: dict[str, int] = field(default_factory=dict)  # classes under min_rows_per_class: rows
+    rare_action: str = ""  # "warn" (kept) or "drop"
+    min_rows_per_class: int | None = None
 
     def summary(self) -> str:
         kept = sum(self.class_counts.values())
@@ -61,6 +77,15 @@ class CleaningReport:
             lines.append(f"  {len(self.conflicts)} label conflicts (same text, different labels; first kept): {shown}")
         distribution = ", ".join(f"{label} {count}" for label, count in sorted(self.class_counts.items()))
         lines.append(f"  classes: {distribution}")
+        if self.rare_classes:
+            named = ", ".join(f"{label} {count}" for label, count in sorted(self.rare_classes.items()))
+            if self.rare_action == "drop":
+                lines.append(f"  dropped {len(self.rare_classes)} class(es) with fewer than {self.min_rows_per_class} "
+                             f"rows (min_rows_per_class): {named}")
+            else:
+                lines.append(f"  warning: {len(self.rare_classes)} class(es) with fewer than {self.min_rows_per_class} "
+                             f"rows kept: {named}; their val/test scores rest on a handful of rows (set "
+                             "data.init_args.rare_classes: drop to remove them)")
         return "\n".join(lines)
 
 
@@ -72,11 +97,12 @@ def normalize_text(text: str, *, char_separated: bool = False) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def _open_text(path: Path) -> list[str]:
+DATA_DIR_HINT = "check the data dir (NEWS_DATA_DIR or --data.init_args.data_dir)"
+
+
+def _open_text(path: Path, what: str = "data file", hint: str = DATA_DIR_HINT) -> list[str]:
     if not path.is_file():
-        raise PocketbertError(
-            f"data file not found: {path}; check the data dir (NEWS_DATA_DIR or --data.init_args.data_dir)"
-        )
+        raise PocketbertError(f"{what} not found: {path}; {hint}")
     raw = path.read_bytes()
     try:
         content = raw.decode("utf-8-sig")
@@ -88,7 +114,7 @@ def _open_text(path: Path) -> list[str]:
     # split on newlines only: str.splitlines() would also break rows at U+2028, U+0085 and friends inside a text
     lines = [line.rstrip("\r") for line in content.split("\n")]
     if not any(line.strip() for line in lines):
-        raise PocketbertError(f"data file is empty: {path}")
+        raise PocketbertError(f"{what} is empty: {path}")
     return lines
 
 
@@ -103,11 +129,18 @@ def read_raw(
     path: Path,
     corpus_format: CorpusFormat,
     *,
-    text_field: str = "text",
-    label_field: str = "label",
+    text_field: Column = "text",
+    label_field: Column = "label",
     class_names: Sequence[str] | None = None,
+    delimiter: str | None = None,
+    has_header: bool | None = None,
 ) -> list[Example]:
-    """Rows of ``path`` as (raw text, label name), before normalization and cleaning."""
+    """Rows of ``path`` as (raw text, label name), before normalization and cleaning.
+
+    ``delimiter`` is the field separator of ``delimited`` files; ``has_header`` says whether csv/tsv/delimited
+    files start with a header row (default: yes when the text and label columns are given by name, no when both
+    are indices).
+    """
     lines = _open_text(path)
     examples: list[Example] = []
     if corpus_format in ("nlpcc_char", "thucnews"):
@@ -126,6 +159,9 @@ def read_raw(
                 examples.append(Example(first, class_names[int(class_id)]))
     elif corpus_format in ("tnews", "jsonl"):
         text_key, label_key = ("sentence", "label_desc") if corpus_format == "tnews" else (text_field, label_field)
+        if isinstance(text_key, int) or isinstance(label_key, int):
+            raise PocketbertError(f"{path}: jsonl rows are objects: give text_field/label_field as key names, "
+                                  "not column indices")
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -137,15 +173,12 @@ def read_raw(
                 raise PocketbertError(f"{path}:{line_no}: no field '{text_key}'; set --data.text_field")
             examples.append(Example(str(row[text_key]), _require_label(path, line_no, row.get(label_key, ""))))
     else:
-        reader = csv.DictReader(lines, delimiter="\t" if corpus_format == "tsv" else ",")
-        missing = {text_field, label_field} - set(reader.fieldnames or [])
-        if missing:
-            raise PocketbertError(
-                f"{path}: header has no column(s) {sorted(missing)} (has {reader.fieldnames}); "
-                "set --data.text_field / --data.label_field"
-            )
-        for line_no, row in enumerate(reader, start=2):
-            examples.append(Example(row[text_field] or "", _require_label(path, line_no, row[label_field] or "")))
+        rows = delimited_rows(path, lines, corpus_format, delimiter)
+        text_index, label_index = column_indices(path, rows, text_field, label_field, has_header)
+        for line_no, fields in rows:
+            text = fields[text_index] if text_index < len(fields) else ""
+            label = fields[label_index] if label_index < len(fields) else ""
+            examples.append(Example(text, _require_label(path, line_no, label)))
     return examples
 
 
@@ -176,6 +209,55 @@ def read_texts(path: Path, corpus_format: TextFormat, *, text_field: str = "text
     if text_field not in (reader.fieldnames or []):
         raise PocketbertError(f"{path}: header has no column '{text_field}' (has {reader.fieldnames}); set text_field")
     return [row[text_field] or "" for row in reader]
+def delimited_rows(path: Path, lines: list[str], corpus_format: str,
+                   delimiter: str | None) -> list[tuple[int, list[str]]]:
+    """Non-empty rows of a csv/tsv (quoting as in the module docstring) or ``delimited`` file, with line numbers."""
+    if corpus_format == "delimited":
+        if not delimiter:
+            raise PocketbertError("format delimited needs a delimiter (data.init_args.delimiter, e.g. \"_!_\")")
+        rows = [(line_no, line.split(delimiter)) for line_no, line in enumerate(lines, start=1) if line.strip()]
+        expected = len(rows[0][1]) if rows else 0
+        for line_no, fields in rows:
+            if len(fields) != expected:
+                raise PocketbertError(f"{path}:{line_no}: {len(fields)} fields where the first row has {expected}; a "
+                                      f"field may contain the delimiter {delimiter!r}: fix or remove the row")
+        return rows
+    # csv needs the line breaks back to keep them inside quoted fields
+    reader = csv.reader((line + "\n" for line in lines), delimiter="\t" if corpus_format == "tsv" else ",")
+    rows = []
+    try:
+        for fields in reader:
+            if any(field.strip() for field in fields):
+                rows.append((reader.line_num, fields))
+    except csv.Error as err:
+        raise PocketbertError(f"{path}:{reader.line_num}: {err}; check the quoting") from None
+    return rows
+
+
+def column_indices(path: Path, rows: list[tuple[int, list[str]]], text_field: Column, label_field: Column,
+                   has_header: bool | None) -> tuple[int, int]:
+    """0-based indices of the text and label columns; removes the header row from ``rows`` when there is one."""
+    header = has_header if has_header is not None else isinstance(text_field, str) or isinstance(label_field, str)
+    names: list[str] = []
+    if header:
+        if not rows:
+            raise PocketbertError(f"{path}: no header row")
+        names = [name.strip() for name in rows.pop(0)[1]]
+    indices = []
+    for setting, column in (("text_field", text_field), ("label_field", label_field)):
+        if isinstance(column, int):
+            if column < 0:
+                raise PocketbertError(f"{setting} must be a column name or a 0-based index, got {column}")
+            indices.append(column)
+        elif not header:
+            raise PocketbertError(f"{path}: {setting} {column!r} is a column name but the file has no header row "
+                                  "(has_header: false); give a 0-based column index")
+        elif column not in names:
+            raise PocketbertError(f"{path}: header has no column {column!r} (has {names}); set "
+                                  f"data.init_args.{setting} to a column name or a 0-based index")
+        else:
+            indices.append(names.index(column))
+    return indices[0], indices[1]
 
 
 def clean(
@@ -203,10 +285,79 @@ def clean(
             continue
         first_label[text] = example.label
         all_labels[text].append(example.label)
-        kept.append(Example(text, example.label))
+        kept.append(Example(text, example.label, original=example.text))
     report.conflicts = [(text, labels) for text, labels in all_labels.items() if len(labels) > 1]
     report.class_counts = Counter(example.label for example in kept)
     return kept, report
+
+
+def find_rare_classes(examples: Iterable[Example], min_rows: int | None) -> dict[str, int]:
+    """Classes with fewer than ``min_rows`` examples, and their counts (none when ``min_rows`` is None)."""
+    if min_rows is None:
+        return {}
+    counts = Counter(example.label for example in examples)
+    return {label: count for label, count in sorted(counts.items()) if count < min_rows}
+
+
+@dataclass
+class TextRows:
+    """Texts to classify as read from a file (not normalized), with their true labels when the file has them."""
+
+    texts: list[str]  # one per data row, in file order; "" for an empty row
+    line_numbers: list[int]  # the file line each row starts on (for reports)
+    labels: list[str | None] | None = None  # the label column's values, when the file has that column
+
+
+TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
+
+
+def read_texts(path: Path, text_column: str = "text", label_column: str | None = "label",
+               what: str = "input file") -> TextRows:
+    """Texts from ``.txt`` (one a line), ``.csv``/``.tsv`` (header row, quoting as in the module docstring) or
+    ``.jsonl`` (one object a line); ``label_column`` is read when present (true labels, e.g. to score)."""
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise PocketbertError(f"{what} {path} has an unsupported type {suffix or '(none)'}: give .txt (one text a "
+                              "line), .csv, .tsv or .jsonl (with a text column)")
+    lines = _open_text(path, what, "check the path")
+    if suffix == ".txt":
+        if lines and lines[-1] == "":
+            lines = lines[:-1]  # the final newline ends the last line, it does not start an empty one
+        return TextRows(lines, list(range(1, len(lines) + 1)))
+    if suffix == ".jsonl":
+        return _json_texts(path, lines, text_column, label_column)
+    rows = delimited_rows(path, lines, suffix[1:], None)
+    names = [name.strip() for name in rows.pop(0)[1]] if rows else []
+    if text_column not in names:
+        raise PocketbertError(f"{path}: header has no column {text_column!r} (has {names}); name the text column "
+                              "with --text_column")
+    text_index = names.index(text_column)
+    label_index = names.index(label_column) if label_column in names else None
+    texts = [fields[text_index] if text_index < len(fields) else "" for _, fields in rows]
+    labels = None if label_index is None else [
+        (fields[label_index].strip() or None) if label_index < len(fields) else None for _, fields in rows]
+    return TextRows(texts, [line_no for line_no, _ in rows], labels)
+
+
+def _json_texts(path: Path, lines: list[str], text_column: str, label_column: str | None) -> TextRows:
+    texts: list[str] = []
+    line_numbers: list[int] = []
+    labels: list[str | None] = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or text_column not in row:
+            raise PocketbertError(f"{path}:{line_no}: no field {text_column!r}; name the text field with --text_column")
+        texts.append(str(row[text_column] or ""))
+        line_numbers.append(line_no)
+        value = row.get(label_column) if label_column else None
+        labels.append(str(value).strip() or None if value is not None else None)
+    has_labels = any(label is not None for label in labels)
+    return TextRows(texts, line_numbers, labels if has_labels else None)
 
 
 def stratified_split(

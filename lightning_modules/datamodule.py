@@ -17,9 +17,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_modules.corpus import CorpusFormat, Example, clean, limit_per_class, read_raw, stratified_split
+from lightning_modules.corpus import (
+    Column,
+    CorpusFormat,
+    Example,
+    RareClasses,
+    clean,
+    find_rare_classes,
+    limit_per_class,
+    normalize_text,
+    read_raw,
+    read_texts,
+    stratified_split,
+)
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import load_tokenizer
+from lightning_modules.hub import PACKAGED_VOCAB_NAME, load_tokenizer, packaged_vocab
 from lightning_modules.token_cache import TokenizedTexts, tokenize, tokenizer_fingerprint
 
 # The DataModule resumes its sampler mid-epoch itself (see NewsDataModule.state_dict), so Lightning's warning that
@@ -27,7 +39,10 @@ from lightning_modules.token_cache import TokenizedTexts, tokenize, tokenizer_fi
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 DATA_DIR_ENV = "NEWS_DATA_DIR"
+# Without NEWS_DATA_DIR or data_dir, a checkout with the shared data beside it (../shared/data) needs no setup.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = ("train", "val", "test")
+NO_LABEL = -1  # label id of predict rows whose true label is unknown
 
 
 class TokenizedDataset(Dataset[dict[str, Any]]):
@@ -128,17 +143,34 @@ class NewsDataModule(L.LightningDataModule):
         test_file: Optional test file (same format).
         golden_test_file: Optional golden test set; when given, ``test`` evaluates on it instead of the test split.
         format: Corpus format: ``nlpcc_char`` (label<TAB>spaced chars), ``thucnews`` (title<TAB>class id, names in
-            ``label_names_file``), ``tnews`` (CLUE JSON lines), or generic ``csv``/``tsv`` (header row)/``jsonl``.
-        data_dir: Folder the relative paths are read from; defaults to the ``NEWS_DATA_DIR`` environment variable.
+            ``label_names_file``), ``tnews`` (CLUE JSON lines), generic ``csv``/``tsv`` (Python csv quoting: a field
+            may be enclosed in double quotes, inside them the delimiter, line breaks and ``""`` are text; a field
+            starting with ``"`` is read as quoted), ``delimited`` (any ``delimiter`` string such as ``_!_``, no
+            quoting, every row as many fields as the first) or ``jsonl`` (one object a line).
+        data_dir: Folder the relative paths are read from; defaults to the ``NEWS_DATA_DIR`` environment variable,
+            else ``../shared/data`` beside the repository when that exists.
         labels: Label whitelist, in id order. Defaults to the names in ``label_names_file``, else every label in
             the training file, sorted.
         unknown_labels: What to do with rows whose label is not in ``labels``: ``drop`` them (counted in the
             cleaning report; how news16 leaves out ``essay`` and ``story``) or stop with an ``error``.
         label_names_file: ``class.txt`` (one name a line, line i = class id i) or TNEWS's label JSON lines.
-        text_field: Text column/key for csv, tsv and jsonl.
-        label_field: Label column/key for csv, tsv and jsonl.
-        tokenizer: A WordPiece ``vocab.txt`` (relative to ``data_dir`` or absolute), a local tokenizer directory,
-            or a hub name such as ``bert-base-chinese``.
+        text_field: Text column for csv, tsv and delimited files (a header name, or a 0-based index), or key for
+            jsonl.
+        label_field: Label column (name or 0-based index) or jsonl key.
+        delimiter: Field separator of ``format: delimited`` files, any string (Toutiao: ``_!_``; a tab: ``"\t"``).
+        has_header: Whether csv/tsv/delimited files start with a header row; default: yes when ``text_field`` or
+            ``label_field`` is a name, no when both are indices.
+        min_rows_per_class: Classes with fewer rows than this in the training file (after cleaning and
+            ``limit_per_class``) are named in the cleaning report and warned about or dropped (``rare_classes``);
+            ``null`` turns the check off. 30 rows split 70/15/15 leave 4-5 test rows: too few to score a class.
+        rare_classes: ``warn`` keeps such classes (the report names them), ``drop`` removes their rows from every
+            split and their names from the label list.
+        predict_file: Texts that ``predict`` classifies instead of the test split: ``.txt`` (one a line) or
+            ``.csv``/``.tsv``/``.jsonl`` with a ``text`` column (an optional ``label`` column gives true labels).
+            Relative to ``data_dir`` unless absolute or found from the working directory.
+        tokenizer: The packaged bert-base-chinese vocabulary (``bert-base-chinese-vocab``, the default; no copy
+            needed in the data dir), a WordPiece ``vocab.txt`` (relative to ``data_dir`` or absolute), a local
+            tokenizer directory, or a hub name such as ``bert-base-chinese``.
         max_length: Longest token sequence, [CLS] and [SEP] included; longer texts are truncated.
         batch_size: Training batch size.
         eval_batch_size: Validation/test/predict batch size (defaults to 2x ``batch_size``).
@@ -162,9 +194,14 @@ class NewsDataModule(L.LightningDataModule):
         labels: list[str] | None = None,
         unknown_labels: Literal["drop", "error"] = "drop",
         label_names_file: str | None = None,
-        text_field: str = "text",
-        label_field: str = "label",
-        tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
+        text_field: Column = "text",
+        label_field: Column = "label",
+        delimiter: str | None = None,
+        has_header: bool | None = None,
+        min_rows_per_class: int | None = 30,
+        rare_classes: RareClasses = "warn",
+        predict_file: str | None = None,
+        tokenizer: str = PACKAGED_VOCAB_NAME,
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -182,6 +219,11 @@ class NewsDataModule(L.LightningDataModule):
             raise PocketbertError(f"batch_size must be positive, got {batch_size}")
         if (val_file is None) != (test_file is None):
             raise PocketbertError("give both val_file and test_file, or neither (then train_file is split 70/15/15)")
+        if (format == "delimited") != bool(delimiter):
+            raise PocketbertError("format delimited needs a delimiter (e.g. delimiter: \"_!_\"), and delimiter is "
+                                  "only for format delimited (csv splits at commas, tsv at tabs)")
+        if min_rows_per_class is not None and min_rows_per_class < 1:
+            raise PocketbertError(f"min_rows_per_class must be positive or null, got {min_rows_per_class}")
         # The model records the resolved tokenizer path (linked); the raw spec here would clash with it.
         self.save_hyperparameters(ignore=["tokenizer"])
         self.files: dict[str, str | None] = {"train": train_file, "val": val_file, "test": test_file}
@@ -192,6 +234,9 @@ class NewsDataModule(L.LightningDataModule):
         self.unknown_labels = unknown_labels
         self.label_names_file = label_names_file
         self.text_field, self.label_field = text_field, label_field
+        self.delimiter, self.has_header = delimiter, has_header
+        self.min_rows_per_class, self.rare_classes = min_rows_per_class, rare_classes
+        self.predict_file = predict_file
         self.tokenizer_spec = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
@@ -204,6 +249,7 @@ class NewsDataModule(L.LightningDataModule):
         self.length_grouping = length_grouping
         self.datasets: dict[str, TokenizedDataset] = {}
         self.texts: dict[str, list[str]] = {}
+        self.true_labels: dict[str, list[str | None]] = {}  # label names per split (None: unknown, predict_file)
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
 
     # ---- paths -------------------------------------------------------------------------------------------------
@@ -217,9 +263,13 @@ class NewsDataModule(L.LightningDataModule):
     @cached_property
     def resolved_data_dir(self) -> Path:
         raw = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        if not raw and DEFAULT_DATA_DIR.is_dir():
+            rank_zero_info(f"data dir: {DEFAULT_DATA_DIR} ({DATA_DIR_ENV} not set; set it to read another folder)")
+            raw = str(DEFAULT_DATA_DIR)
         if not raw:
             raise PocketbertError(
-                f"no data dir: set {DATA_DIR_ENV}=/path/to/shared/data or pass --data.init_args.data_dir PATH"
+                f"no data dir: set {DATA_DIR_ENV}=/path/to/shared/data, pass --data.init_args.data_dir PATH, or put "
+                f"the data at {DEFAULT_DATA_DIR}"
             )
         path = Path(raw).expanduser().resolve()
         if not path.is_dir():
@@ -229,11 +279,15 @@ class NewsDataModule(L.LightningDataModule):
     @property
     def tokenizer_path(self) -> str:
         """The tokenizer as the model should load it: an absolute vocab/dir path, or a hub name."""
+        if self.tokenizer_spec == PACKAGED_VOCAB_NAME:
+            return str(packaged_vocab(PACKAGED_VOCAB_NAME))
         candidate = Path(self.tokenizer_spec).expanduser()
         if candidate.is_absolute() or candidate.exists():
             return str(candidate.resolve())
         if self.tokenizer_spec.endswith(".txt"):
-            return str(self.resolve(self.tokenizer_spec))  # a vocab file: needs the data dir
+            in_data_dir = self.resolve(self.tokenizer_spec)  # a vocab file: needs the data dir
+            # vocab/bert-base-chinese-vocab.txt in a data dir without that copy: the packaged one (same content)
+            return str(packaged_vocab(in_data_dir) or in_data_dir)
         if (self.data_dir or os.environ.get(DATA_DIR_ENV)) and self.resolve(self.tokenizer_spec).exists():
             return str(self.resolve(self.tokenizer_spec))
         return self.tokenizer_spec
@@ -256,19 +310,20 @@ class NewsDataModule(L.LightningDataModule):
     @cached_property
     def label_names(self) -> list[str]:
         """Class names in id order; travels to the model (and its checkpoint) through a CLI link."""
+        if self.whitelist is not None and len(set(self.whitelist)) != len(self.whitelist):
+            raise PocketbertError(f"labels has duplicates: {self.whitelist}")
+        dropped = self.cleaned_splits["train"][1].rare_classes if self.rare_classes == "drop" else {}
         if self.whitelist is not None:
-            if len(set(self.whitelist)) != len(self.whitelist):
-                raise PocketbertError(f"labels has duplicates: {self.whitelist}")
-            return list(self.whitelist)
+            return [name for name in self.whitelist if name not in dropped]
         if self.class_file_names is not None:
-            return self.class_file_names
-        return sorted(self.cleaned_splits["train"][1].class_counts)
+            return [name for name in self.class_file_names if name not in dropped]
+        return sorted({example.label for example in self.cleaned_splits["train"][0]})
 
     # ---- reading -----------------------------------------------------------------------------------------------
     def _read(self, name: str) -> tuple[list[Example], Any]:
         path = self.resolve(name)
         raw = read_raw(path, self.corpus_format, text_field=self.text_field, label_field=self.label_field,
-                       class_names=self.class_file_names)
+                       class_names=self.class_file_names, delimiter=self.delimiter, has_header=self.has_header)
         examples, report = clean(raw, path.name, char_separated=self.corpus_format == "nlpcc_char",
                                  whitelist=self.whitelist)
         if self.unknown_labels == "error" and report.outside_whitelist:
@@ -282,6 +337,11 @@ class NewsDataModule(L.LightningDataModule):
     def cleaned_splits(self) -> dict[str, tuple[list[Example], Any]]:
         """Examples and cleaning report of every split (``test`` is the golden file when one is given)."""
         train, report = self._read(str(self.files["train"]))
+        rare = find_rare_classes(train, self.min_rows_per_class)
+        report.rare_classes, report.rare_action = rare, self.rare_classes
+        report.min_rows_per_class = self.min_rows_per_class
+        if rare and self.rare_classes == "drop":
+            train = [example for example in train if example.label not in rare]
         splits: dict[str, tuple[list[Example], Any]] = {}
         if self.files["val"] is None:
             parts = stratified_split(train, self.split_fractions, self.split_seed)
@@ -292,7 +352,29 @@ class NewsDataModule(L.LightningDataModule):
                 splits[name] = self._read(str(self.files[name]))
         if self.golden_test_file is not None:
             splits["test"] = self._read(self.golden_test_file)
+        if rare and self.rare_classes == "drop":
+            splits = {name: ([e for e in examples if e.label not in rare], split_report)
+                      for name, (examples, split_report) in splits.items()}
         return splits
+
+    def read_predict_file(self) -> tuple[list[str], list[str | None]]:
+        """The normalized, non-empty texts of ``predict_file`` and their true labels (None where unknown)."""
+        name = str(self.predict_file)
+        path = Path(name).expanduser() if Path(name).expanduser().exists() else self.resolve(name)
+        rows = read_texts(path, self.text_field if isinstance(self.text_field, str) else "text",
+                          self.label_field if isinstance(self.label_field, str) else "label", what="predict_file")
+        labels = rows.labels or [None] * len(rows.texts)
+        kept = [(normalize_text(text), label) for text, label in zip(rows.texts, labels, strict=True)]
+        kept = [(text, label) for text, label in kept if text]
+        rank_zero_info(f"predict_file {path}: {len(kept)} texts ({len(rows.texts) - len(kept)} empty rows skipped)")
+        if not kept:
+            raise PocketbertError(f"predict_file {path} has no non-empty text")
+        return [text for text, _ in kept], [label for _, label in kept]
+
+    @property
+    def predict_split(self) -> str:
+        """What ``predict`` runs on: ``predict`` (the predict_file) or the ``test`` split."""
+        return "predict" if self.predict_file is not None else "test"
 
     # ---- Lightning hooks ---------------------------------------------------------------------------------------
     @override
@@ -320,6 +402,15 @@ class NewsDataModule(L.LightningDataModule):
             labels = torch.tensor([label_ids[e.label] for e in examples], dtype=torch.long)
             self.datasets[split] = TokenizedDataset(tokens, labels)
             self.texts[split] = texts
+            self.true_labels[split] = [e.label for e in examples]
+        if self.predict_file is not None:
+            texts, names = self.read_predict_file()
+            tokens = tokenize(texts, self.tokenizer, self.max_length, self.cache_dir,
+                              tokenizer_key=self.tokenizer_key, desc="tokenizing predict_file")
+            ids = [label_ids.get(name, NO_LABEL) if name is not None else NO_LABEL for name in names]
+            self.datasets["predict"] = TokenizedDataset(tokens, torch.tensor(ids, dtype=torch.long))
+            self.texts["predict"] = texts
+            self.true_labels["predict"] = [name if name in label_ids else None for name in names]
         missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
         if missing:
             raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
@@ -360,7 +451,7 @@ class NewsDataModule(L.LightningDataModule):
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
 
     def eval_dataloader(self, split: str) -> DataLoader[dict[str, Any]]:
-        """An unshuffled loader over ``split`` (train, val or test)."""
+        """An unshuffled loader over ``split`` (train, val, test or predict)."""
         kwargs = self._loader_kwargs()  # sets the data up first if needed
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
 
@@ -374,7 +465,7 @@ class NewsDataModule(L.LightningDataModule):
 
     @override
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader("test")
+        return self.eval_dataloader(self.predict_split)
 
     # Mid-epoch resume lives here rather than in a stateful DataLoader: Lightning creates the train loader early
     # (to estimate the scheduler's total steps) and then never hands a stateful loader its saved state, while the

@@ -302,9 +302,11 @@ class DistillationModule(L.LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        # the teachers' own figures beside the run's (the quickstart summary reads them)
-        if self.teacher_report is not None and self.trainer.is_global_zero and self.trainer.log_dir:
-            write_json(Path(self.trainer.log_dir) / "teachers.json", self.teacher_report)
+        # the teachers' own figures beside the run's (the quickstart summary reads them). trainer.log_dir is a
+        # collective under DDP (rank 0 broadcasts it): every rank reads it, or rank 0 waits for ever
+        log_dir = self.trainer.log_dir
+        if self.teacher_report is not None and self.trainer.is_global_zero and log_dir:
+            write_json(Path(log_dir) / "teachers.json", self.teacher_report)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override

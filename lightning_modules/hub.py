@@ -19,6 +19,12 @@ from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
 from lightning_modules.errors import PocketbertError
 
+# The bert-base-chinese WordPiece vocabulary ships inside the package (a tokenizer asset, 110 KB), so a data dir needs
+# no copy of it. Recipes name it PACKAGED_VOCAB_NAME; the older relative name vocab/bert-base-chinese-vocab.txt (from
+# the shared data dir) falls back to it when the file is not there, since the content is the same.
+PACKAGED_VOCAB_NAME = "bert-base-chinese-vocab"
+PACKAGED_VOCAB = Path(__file__).resolve().parent / "assets" / "bert-base-chinese-vocab.txt"
+
 OFFLINE_HINT = (
     "offline? use an offline recipe instead (e.g. `python -m recipes fit --config news16_cpu.yaml`), "
     "or point the setting at a local directory holding the model"
@@ -66,13 +72,13 @@ def read_vocab_file(path: Path) -> OrderedDict[str, int]:
 
 
 def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a vocab file, a local directory or a hub name.
+    """Load a tokenizer from a vocab file, a local directory, the packaged vocabulary or a hub name.
 
     A bare ``vocab.txt`` goes through ``BertTokenizer(vocab=dict)``: in transformers 5 both
     ``BertTokenizer(vocab_file=...)`` and ``BertTokenizerFast(vocab_file=...)`` silently map every Chinese
     character to one id.
     """
-    path = Path(spec)
+    path = packaged_vocab(spec) or Path(spec)
     if path.is_file():
         return BertTokenizer(vocab=read_vocab_file(path))
     if path.is_dir():
@@ -95,6 +101,15 @@ def run_hint(path: Path) -> str:
     if "tb_logs" in parts and parts.index("tb_logs") + 1 < len(parts):
         return f"python -m recipes fit --config {parts[parts.index('tb_logs') + 1]}.yaml"
     return "the recipe that writes it"
+def packaged_vocab(spec: str | Path) -> Path | None:
+    """The packaged bert-base-chinese vocab when ``spec`` names it: ``bert-base-chinese-vocab``, or a path to a
+    ``bert-base-chinese-vocab.txt`` that does not exist (recipes written for the shared data dir's copy)."""
+    if str(spec) == PACKAGED_VOCAB_NAME:
+        return PACKAGED_VOCAB
+    path = Path(spec).expanduser()
+    if path.name == PACKAGED_VOCAB.name and not path.exists():
+        return PACKAGED_VOCAB
+    return None
 
 
 def resolve_pretrained(name_or_path: str) -> tuple[str, bool]:

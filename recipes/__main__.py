@@ -11,7 +11,8 @@ from lightning_modules.errors import PocketbertError
 # Subcommands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.export_cmd:main",
                          "personalize": "recipes.personalize_cmd:main", "drift": "recipes.drift_cmd:main",
-                         "summary": "recipes.summary_cmd:main"}
+                         "summary": "recipes.summary_cmd:main",
+                         "classify": "recipes.classify_cmd:main", "data": "recipes.data_cmd:main"}
 
 
 TOOLS_HELP = """pocketbert: python -m recipes SUBCOMMAND [--help]
@@ -24,6 +25,8 @@ Tools:
   personalize  rehearse the on-device Core ML head update on simulated users (gain, forgetting, rollback)
   drift        compare field predictions with the bundle's monitoring baseline (PSI, KL)
   summary      one table of a pipeline's runs (pretraining, teacher, student, exports) beside the linear baseline
+  classify     classify new texts (.txt/.csv/.tsv/.jsonl) with an exported variant, as an app runs it
+  data         print a recipe's cleaning report and write its exact train/val/test splits
 """
 
 

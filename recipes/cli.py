@@ -16,6 +16,7 @@ from export.files import write_text
 from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.errors import PocketbertError
 from recipes import RECIPES_DIR
+from recipes.console import configure_trainer, export_summary, quiet_third_party
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -48,6 +49,7 @@ class PocketbertCLI(LightningCLI):
         # The args go through sys.argv, not LightningCLI's `args`: DDP's launcher starts the other ranks by running
         # sys.argv again, so it must hold the real command (with recipe names resolved).
         sys.argv = [sys.argv[0], *resolve_config_names(sys.argv[1:] if args is None else args)]
+        quiet_third_party()
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
@@ -68,6 +70,12 @@ class PocketbertCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best checkpoint and print accuracy, macro-F1 and the run dir.")
 
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        # Progress bar or progress lines (stdout a terminal or a file), the summary, predict's writer: see console.py.
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configure_trainer(config["trainer"], self.subcommand, interactive=sys.stdout.isatty())
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters while parsing: check the file first, so a truncated
@@ -163,6 +171,7 @@ def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) 
         f"run dir:         {run_dir}\n"
         f"best checkpoint: {best_checkpoint or '(none)'}  (also {run_dir / 'best.ckpt'})\n"
         f"metrics:         {run_dir / 'test_metrics.json'}\n"
-        f"TensorBoard:     tensorboard --logdir {run_dir.parent.parent}",
+        + "".join(f"{line}\n" for line in export_summary(run_dir))
+        + f"TensorBoard:     tensorboard --logdir {run_dir.parent.parent}",
         flush=True,
     )

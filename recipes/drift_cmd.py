@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a run folder, its export/ folder, or a {BASELINE} file")
     parser.add_argument("--predictions", required=True, type=Path,
                         help="predicted labels (names or class ids): .txt one per line, .json list, or .csv/.jsonl "
-                             f"with a {'/'.join(COLUMNS)} column")
+                             f"with a {'/'.join(COLUMNS)} column (what classify and predict write)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--fail-on", choices=["never", "moderate", "significant"], default="never",
                         help="exit with status 1 at this drift level or worse, when the check is reliable (enough "
@@ -63,10 +64,12 @@ def read_predictions(path: Path) -> list[Any]:
             if not isinstance(values, list):
                 raise PocketbertError(f"{path} must hold a JSON list of predicted labels")
             return values
+        # split on "\n" only, and let csv see the line breaks: texts in a predictions file may hold U+2028 or a
+        # quoted line break, which str.splitlines() would cut rows at
         if suffix == ".jsonl":
-            return [_column(json.loads(line), path) for line in text.splitlines() if line.strip()]
+            return [_column(json.loads(line), path) for line in text.split("\n") if line.strip()]
         if suffix == ".csv":
-            return [_column(row, path) for row in csv.DictReader(text.splitlines())]
+            return [_column(row, path) for row in csv.DictReader(io.StringIO(text, newline=""))]
     except json.JSONDecodeError as err:
         raise PocketbertError(f"{path} is not valid JSON: {err}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]

@@ -70,6 +70,11 @@ def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Cal
     except PocketbertError:
         raise
     except Exception as err:
+        from recipes.__main__ import user_error
+
+        found = user_error(err)  # a one-line error raised by a class's __init__, wrapped by jsonargparse
+        if found is not None:
+            raise found from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PocketbertError(f"bad export config: {first}") from None
     exporters = list(objects["callbacks"]) or [PyTorchExport(), OnnxExport(), CoreMLExport(), AppAssets(),

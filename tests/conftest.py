@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,3 +51,21 @@ def vocab_file() -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def export_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/configs/export_tiny.yaml fitted through the CLI in a subprocess (output captured, so not a terminal):
+    a tiny BERT on a real 4-class slice with every export callback; a size budget is broken on purpose, so the run
+    exits with status 2 after writing every artifact and report."""
+    root = tmp_path_factory.mktemp("export_run")
+    done = subprocess.run([sys.executable, "-m", "recipes", "fit", "--config",
+                           str(REPO / "tests" / "configs" / "export_tiny.yaml"),
+                           "--trainer.logger.init_args.save_dir", str(root / "tb"),
+                           "--data.init_args.cache_dir", str(root / "cache")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    run_dir = root / "tb" / "export_tiny" / "version_0"
+    assert (run_dir / "export" / "manifest.json").is_file(), done.stderr[-3000:]
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    return {"code": done.returncode, "stderr": done.stderr, "stdout": done.stdout, "run_dir": run_dir,
+            "export": run_dir / "export", "manifest": manifest, "root": root}

@@ -59,8 +59,12 @@ def test_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml_
 
 
 def test_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_modules import datamodule
+
     monkeypatch.delenv("NEWS_DATA_DIR")
-    assert_one_line_error(capsys, run_fit(tmp_path), "NEWS_DATA_DIR")
+    monkeypatch.setattr(datamodule, "DEFAULT_DATA_DIR", tmp_path / "no_shared" / "data")  # a clone without ../shared
+    assert_one_line_error(capsys, run_fit(tmp_path), "NEWS_DATA_DIR", "--data.init_args.data_dir",
+                          str(tmp_path / "no_shared" / "data"))
     assert_no_run_output(tmp_path)
 
 
@@ -117,3 +121,28 @@ def test_loss_becoming_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                    "--trainer.max_epochs", "3")
     assert_one_line_error(capsys, code, "the loss became nan", "learning_rate")
     assert not list(tmp_path.glob("tb_logs/**/test_metrics.json"))
+
+
+TOUTIAO = "1_!_101_!_news_a_!_标题一_!_\n2_!_102_!_news_b_!_标题_!_二_!_\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "needles"),
+    [
+        (TOUTIAO, ["--data.init_args.format", "delimited"], ("format delimited needs a delimiter",)),
+        (TOUTIAO, ["--data.init_args.format", "delimited", "--data.init_args.delimiter", "_!_",
+                   "--data.init_args.text_field", "3", "--data.init_args.label_field", "2"],
+         (":2: 6 fields where the first row has 5",)),
+        (b"a,b\n", ["--data.init_args.format", "csv", "--data.init_args.has_header", "false"],
+         ("text_field 'text' is a column name but the file has no header row",)),
+        (b"text,label\n", ["--data.init_args.format", "csv", "--data.init_args.min_rows_per_class", "0"],
+         ("min_rows_per_class must be positive or null",)),
+    ],
+    ids=["delimited-without-delimiter", "stray-delimiter", "column-name-without-header", "bad-min-rows"],
+)
+def test_reader_setting_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, extra: list[str],
+                               needles: tuple[str, ...]) -> None:
+    path = write(tmp_path, "corpus.txt", content)
+    code = run_fit(tmp_path, "--data.init_args.train_file", str(path), "--data.init_args.labels", "null", *extra)
+    assert_one_line_error(capsys, code, *needles)
+    assert_no_run_output(tmp_path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -12,10 +14,12 @@ import pytest
 
 from export.files import write_text
 from recipes.__main__ import main
-from tests.conftest import REPO
+from tests.conftest import NEWS16, REPO
 from tests.helpers import SMALL_TEACHER_ARGS
 
 FOUR_CLASSES = "[sports,finance,car,game]"
+TINY = ["--model.init_args.architecture.num_layers", "1", "--model.init_args.architecture.hidden_size", "32",
+        "--model.init_args.architecture.num_heads", "2", "--model.init_args.architecture.intermediate_size", "64"]
 
 
 def test_cli_fit_on_real_slice_beats_chance(tmp_path: Path) -> None:
@@ -67,3 +71,50 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+PROGRESS_LINE = re.compile(
+    r"^epoch \d/2  step \d+/(\d+) \(\d+%\)  loss \d+\.\d{4}  elapsed \d:\d\d:\d\d  ETA \d:\d\d:\d\d$", re.MULTILINE)
+
+
+def test_fit_into_a_file_shows_progress_lines_while_it_runs(tmp_path: Path) -> None:
+    """README's command as written (no NEWS_DATA_DIR: ../shared/data is the default), output to a file."""
+    env = {key: value for key, value in os.environ.items() if key != "NEWS_DATA_DIR"}
+    env["POCKETBERT_PROGRESS_SECONDS"] = "1"
+    log = tmp_path / "fit.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recipes", "fit", "--config", "news16_cpu.yaml", "--data.init_args.labels",
+             "[sports,finance]", "--data.init_args.limit_per_class", "120", "--trainer.max_epochs", "2",
+             *TINY, "--data.init_args.cache_dir", str(tmp_path / "cache"),
+             "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+        seen_while_running = False
+        while process.poll() is None:
+            time.sleep(0.5)
+            if PROGRESS_LINE.search(log.read_text()):
+                seen_while_running = process.poll() is None
+                break
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert seen_while_running, text[-3000:]  # flushed as it goes, not at the end
+    lines = PROGRESS_LINE.findall(text)
+    assert len(lines) >= 2 and set(lines) == {str(2 * 6)}  # 168 training rows / batch 32 = 6 steps an epoch
+    assert re.search(r"^epoch 2/2  step 12/12 \(100%\)  loss \d\.\d{4}  elapsed \S+  validated: val_acc \d\.\d{4}  "
+                     r"val_loss \d\.\d{4}  val_macro_f1 \d\.\d{4}$", text, re.MULTILINE)
+    assert "data dir: " in text and "NEWS_DATA_DIR not set" in text
+    for noise in ("litlogger", "v_num", "FLOPs", "LeafSpec", "━━"):
+        assert noise not in text, noise
+    assert "TextClassifier: " in text and " parameters (" in text  # the summary without FLOPs
+    assert re.search(r"^test accuracy \d\.\d{4}   macro-F1 \d\.\d{4}$", text, re.MULTILINE)
+
+
+def test_data_command_without_news_data_dir_writes_the_news16_split(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "NEWS_DATA_DIR"}
+    done = subprocess.run([sys.executable, "-m", "recipes", "data", "--config", "news16_cpu.yaml", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "headlines.char.tsv: read 36000, kept 31998; dropped 0 empty, 2 duplicates" in done.stdout
+    for split, rows in (("train", 22398), ("val", 4800), ("test", 4800)):
+        assert f"{split}: {rows:,} rows -> {tmp_path / f'{split}.tsv'}" in done.stdout
+    assert (tmp_path / "labels.txt").read_text().split() == NEWS16

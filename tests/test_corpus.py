@@ -97,3 +97,69 @@ def test_bad_files_give_one_actionable_line(tmp_path: Path, content: bytes, mess
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(PocketbertError, match="NEWS_DATA_DIR"):
         read_raw(tmp_path / "nope.tsv", "nlpcc_char")
+
+
+def test_delimited_with_any_delimiter_string_and_columns_by_index(tmp_path: Path) -> None:
+    path = tmp_path / "toutiao.txt"  # Toutiao's raw layout: id_!_code_!_category_!_title_!_keywords, no header
+    path.write_text('6551_!_101_!_news_culture_!_京城"博物馆",值得一去_!_保利,马未都\n'
+                    "6552_!_103_!_news_sports_!_国足\t晋级_!_\n\n", encoding="utf-8")
+    rows = read_raw(path, "delimited", delimiter="_!_", text_field=3, label_field=2)
+    # no quoting: quotes, commas and tabs are text
+    assert [(e.text, e.label) for e in rows] == [('京城"博物馆",值得一去', "news_culture"),
+                                                 ("国足\t晋级", "news_sports")]
+    with_header = tmp_path / "with_header.txt"
+    with_header.write_text("id|title|cat\n1|体育新闻|sports\n", encoding="utf-8")
+    rows = read_raw(with_header, "delimited", delimiter="|", text_field="title", label_field="cat")
+    assert [(e.text, e.label) for e in rows] == [("体育新闻", "sports")]
+
+
+def test_delimited_row_with_a_stray_delimiter_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "toutiao.txt"
+    path.write_text("1_!_101_!_news_a_!_标题一_!_\n2_!_102_!_news_b_!_标题_!_二_!_\n", encoding="utf-8")
+    with pytest.raises(PocketbertError, match=r":2: 6 fields where the first row has 5; a field may contain the "
+                                              r"delimiter '_!_'"):
+        read_raw(path, "delimited", delimiter="_!_", text_field=3, label_field=2)
+
+
+CSV_QUOTING = ('text,label\n"逗号,在引号里",a\n"换行\n在引号里",b\n"双""引号""",c\n他说"好"呀,d\n'
+               '"开头引号"后文,e\n  前后空格  ,f\n')
+CSV_EXPECTED = [("逗号,在引号里", "a"), ("换行\n在引号里", "b"), ('双"引号"', "c"), ('他说"好"呀', "d"),
+                ("开头引号后文", "e"), ("  前后空格  ", "f")]
+
+
+def test_csv_quoting_rules(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(CSV_QUOTING, encoding="utf-8")
+    assert [(e.text, e.label) for e in read_raw(path, "csv")] == CSV_EXPECTED
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text(CSV_QUOTING.replace(",", "\t").replace('"逗号\t在引号里"', '"制表\t在引号里"'), encoding="utf-8")
+    assert [(e.text, e.label) for e in read_raw(tsv, "tsv")] == [("制表\t在引号里", "a"), *CSV_EXPECTED[1:]]
+    # the same file through `delimited` (no quoting): the leading quote stays text
+    raw = tmp_path / "raw.tsv"
+    raw.write_text('"开头引号"后文\te\n他说"好"呀\td\n', encoding="utf-8")
+    assert [e.text for e in read_raw(raw, "delimited", delimiter="\t", text_field=0, label_field=1)] == [
+        '"开头引号"后文', '他说"好"呀']
+
+
+def test_csv_without_header_by_index(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("sports,体育新闻\nfinance,\"股票,大涨\"\n", encoding="utf-8")
+    rows = read_raw(path, "csv", text_field=1, label_field=0)  # both indices: no header row
+    assert [(e.text, e.label) for e in rows] == [("体育新闻", "sports"), ("股票,大涨", "finance")]
+
+
+@pytest.mark.parametrize(("fmt", "content", "kwargs", "message"), [
+    ("csv", "a,b\n1,2\n", {"text_field": "text", "has_header": False}, "is a column name but the file has no header"),
+    ("csv", "title,topic\n体育,sports\n", {}, r"header has no column 'text' \(has \['title', 'topic'\]\)"),
+    ("jsonl", '{"t": "x", "y": "a"}\n', {"text_field": 0, "label_field": 1}, "give text_field/label_field as key"),
+    ("delimited", "a_!_b\n", {"text_field": 0, "label_field": 1}, "format delimited needs a delimiter"),
+    ("csv", 'text,label\n"never closed,a\n', {"label_field": 1, "text_field": 0},
+     "row has no label"),
+])
+def test_reader_settings_errors(tmp_path: Path, fmt: str, content: str, kwargs: dict[str, object],
+                                message: str) -> None:
+    path = tmp_path / f"data.{fmt}"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(PocketbertError, match=message) as info:
+        read_raw(path, fmt, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

@@ -73,3 +73,48 @@ def test_labels_outside_whitelist_in_val_file_are_dropped_and_reported(cache_dir
     dm = make_nlpcc(cache_dir, val_file=str(val), test_file=str(val), labels=["sports", "weather"])
     with pytest.raises(PocketbertError, match="weather"):
         dm.setup("fit")  # 'weather' is whitelisted but the training file has no such rows
+
+
+def rare_corpus(tmp_path: Path) -> Path:
+    """A tsv with two classes of 40 real NLPCC headlines and one of 10."""
+    from lightning_modules.corpus import normalize_text, read_raw
+    from tests.conftest import DATA_DIR
+
+    rows = read_raw(DATA_DIR / "nlpcc2017/headlines.char.tsv", "nlpcc_char")
+    wanted = {"sports": 40, "finance": 40, "car": 10}
+    lines = ["text\tlabel"]
+    for example in rows:
+        if wanted.get(example.label, 0) > 0:
+            wanted[example.label] -= 1
+            lines.append(f"{normalize_text(example.text, char_separated=True)}\t{example.label}")
+    path = tmp_path / "corpus.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("action", ["warn", "drop"])
+def test_rare_classes_are_named_and_warned_about_or_dropped(tmp_path: Path, cache_dir: Path, action: str) -> None:
+    rare_corpus(tmp_path)
+    dm = NewsDataModule(train_file="corpus.tsv", format="tsv", data_dir=tmp_path, cache_dir=cache_dir,
+                        min_rows_per_class=30, rare_classes=action)  # type: ignore[arg-type]
+    dm.setup("fit")
+    summary = dm.cleaned_splits["train"][1].summary()
+    if action == "warn":
+        assert dm.label_names == ["car", "finance", "sports"]
+        assert "warning: 1 class(es) with fewer than 30 rows kept: car 10;" in summary
+        assert sum(label == "car" for label in dm.true_labels["test"]) == 2  # 15% of 10: a score on 2 rows
+    else:
+        assert dm.label_names == ["finance", "sports"]
+        assert "dropped 1 class(es) with fewer than 30 rows (min_rows_per_class): car 10" in summary
+        assert all("car" not in dm.true_labels[split] for split in ("train", "val", "test"))
+        assert len(dm.datasets["train"]) + len(dm.datasets["val"]) + len(dm.datasets["test"]) == 80
+
+
+def test_default_data_dir_is_shared_data_beside_the_repository(cache_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_modules import datamodule
+
+    monkeypatch.delenv("NEWS_DATA_DIR")
+    assert datamodule.DEFAULT_DATA_DIR.is_dir()  # this checkout has ../shared/data beside it, as CI does
+    dm = make_nlpcc(cache_dir)
+    assert dm.resolved_data_dir == datamodule.DEFAULT_DATA_DIR.resolve()

@@ -8,9 +8,6 @@ run after the reports are written.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +32,9 @@ MODELS = ["pytorch_fp32", "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "c
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("export_run")
-    done = subprocess.run([sys.executable, "-m", "recipes", "fit", "--config", str(CONFIG),
-                           "--trainer.logger.init_args.save_dir", str(root / "tb"),
-                           "--data.init_args.cache_dir", str(root / "cache")],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
-    run_dir = root / "tb" / "export_tiny" / "version_0"
-    assert (run_dir / "export" / "manifest.json").is_file(), done.stderr[-3000:]
-    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
-    return {"code": done.returncode, "stderr": done.stderr, "stdout": done.stdout, "run_dir": run_dir,
-            "export": run_dir / "export", "manifest": manifest, "root": root}
+def run(export_run: dict[str, Any]) -> dict[str, Any]:
+    """The export_tiny recipe fitted once per session (tests/conftest.py; test_classify.py reads it too)."""
+    return export_run
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +56,26 @@ def test_broken_budget_fails_the_run_after_writing_reports(run: dict[str, Any]) 
     report = json.loads((run["export"] / "benchmark.json").read_text())
     assert report["broken_budgets"] and report["broken_budgets"][0].startswith("onnx_fp32 is")
     assert "| onnx_int8 | onnx |" in (run["export"] / "benchmark.md").read_text()
+
+
+def test_benchmark_marks_the_shipped_variant_and_prints_the_budget_verdict(run: dict[str, Any]) -> None:
+    report = json.loads((run["export"] / "benchmark.json").read_text())
+    assert report["shipped"] == "onnx_fp32"  # the first (only) of the recipe's budgets.variants
+    row = next(r for r in report["variants"] if r["variant"] == "onnx_fp32")
+    verdict = (f"budget onnx_fp32: size {row['size_mb']:.2f} MB > 0.5 FAIL; accuracy drop "
+               f"{row['accuracy_drop_points']:.2f} pts <= 100.0 OK -> FAIL")
+    assert report["budget_verdicts"] == [verdict]  # only the budgets set, only the variants they apply to
+    assert verdict in run["stdout"] and "shipped: onnx_fp32 (the first of budgets.variants" in run["stdout"]
+    assert "shipped: onnx_fp32" in (run["export"] / "benchmark.md").read_text()
+
+
+def test_run_output_carries_no_third_party_noise(run: dict[str, Any]) -> None:
+    output = run["stdout"] + run["stderr"]
+    assert "litlogger" not in output and "litmodels" not in output  # Lightning's advertising tip
+    assert "Running MIL" not in output and "Running compression pass" not in output  # coremltools bars
+    assert "Loading weights" not in output and "Writing model shards" not in output  # transformers bars
+    assert "FLOPs" not in output and "v_num" not in output
+    assert output.count("LeafSpec") == 0  # lightning's _pytree FutureWarning, silenced at its source
 
 
 def test_manifest_records_every_artifact_with_size_and_hash(run: dict[str, Any]) -> None:

@@ -56,3 +56,27 @@ def test_token_cache_second_call_skips_tokenizer(vocab_file: Path, tmp_path: Pat
 class _Exploding:
     def __call__(self, *args: object, **kwargs: object) -> None:
         raise AssertionError("tokenizer called although the cache should have answered")
+
+
+def test_packaged_vocab_is_the_default_and_needs_no_data_dir_copy(vocab_file: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_modules.datamodule import NewsDataModule
+    from lightning_modules.hub import PACKAGED_VOCAB
+    from lightning_modules.token_cache import tokenizer_fingerprint
+
+    assert PACKAGED_VOCAB.read_bytes() == vocab_file.read_bytes()  # the shared data's copy, shipped as an asset
+    dm = NewsDataModule(train_file="corpus.tsv", format="tsv", data_dir=tmp_path)  # a data dir with no vocab/
+    assert dm.tokenizer_path == str(PACKAGED_VOCAB)
+    tokenizer = load_tokenizer(dm.tokenizer_path)
+    vocab = read_vocab_file(vocab_file)
+    ids = tokenizer("体育新闻：国足晋级")["input_ids"][1:-1]
+    assert ids == [vocab[ch] for ch in "体育新闻：国足晋级"] and len(set(ids)) == len(ids) and 100 not in ids
+    # recipes naming the shared data's relative path still work where the data dir lacks it: same content, so token
+    # caches and teacher-logit caches (keyed by the tokenizer fingerprint) stay valid
+    old = NewsDataModule(train_file="corpus.tsv", format="tsv", data_dir=tmp_path,
+                         tokenizer="vocab/bert-base-chinese-vocab.txt")
+    assert old.tokenizer_path == str(PACKAGED_VOCAB)
+    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(vocab_file))
+    monkeypatch.chdir(tmp_path)  # a model built by hand with the old default relative name
+    assert load_tokenizer("vocab/bert-base-chinese-vocab.txt")("足球")["input_ids"] == [101, vocab["足"],
+                                                                                        vocab["球"], 102]
