@@ -7,7 +7,7 @@ from lightning_modules.distillation import DistillationModule
 from lightning_modules.encoders import PRESETS, EncoderSpec
 from lightning_modules.errors import PocketbertError
 from lightning_modules.pretraining import MaskedLMPretraining
-from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TfidfTeacher
+from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, NaiveBayesTeacher, TfidfTeacher
 from lightning_modules.text_datamodule import PretrainingDataModule, TextSource
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ExportableModel",
     "LogitTeacher",
     "MaskedLMPretraining",
+    "NaiveBayesTeacher",
     "NewsDataModule",
     "PocketbertError",
     "PretrainingDataModule",

@@ -10,7 +10,7 @@ Formats:
 - ``delimited``: any delimiter string (e.g. Toutiao's ``_!_``), no quoting at all: every occurrence of the
   delimiter splits, and every row must have as many fields as the first.
 - ``jsonl``: one JSON object a line, with configurable text and label keys.
-- ``lines`` (unlabeled pretraining text only, ``read_texts``): one text a line.
+- ``lines`` (unlabeled pretraining text only, ``read_corpus_texts``): one text a line.
 
 Quoting in ``csv`` and ``tsv`` (Python's ``csv`` "excel" dialect, as RFC 4180): a field may be enclosed in double
 quotes; inside quotes the delimiter, line breaks and ``""`` (one literal quote) are text. A quote inside an unquoted
@@ -182,7 +182,7 @@ def read_raw(
     return examples
 
 
-def read_texts(path: Path, corpus_format: TextFormat, *, text_field: str = "text") -> list[str]:
+def read_corpus_texts(path: Path, corpus_format: TextFormat, *, text_field: str = "text") -> list[str]:
     """The texts of ``path`` alone (unlabeled pretraining text), raw: labels are neither required nor read.
     ``lines`` is one text a line; any labelled format is read for its text column."""
     lines = _open_text(path)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_modules.corpus import TextFormat, normalize_text, read_texts
+from lightning_modules.corpus import TextFormat, normalize_text, read_corpus_texts
 from lightning_modules.datamodule import DATA_DIR_ENV, NewsDataModule, PadCollator, ResumableSampler, TokenizedDataset
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
@@ -163,7 +163,7 @@ class PretrainingDataModule(L.LightningDataModule):
             heldout = {example.text for name in ("val", "test") for example in splits[name][0]}
         for source in self.sources:
             path = self.resolve(source.path)
-            raw = read_texts(path, source.format, text_field=source.text_field)
+            raw = read_corpus_texts(path, source.format, text_field=source.text_field)
             sources[str(source.path)] = [normalize_text(text, char_separated=source.format == "nlpcc_char")
                                          for text in raw]
         seen: set[str] = set()

@@ -62,7 +62,8 @@ def rows_of(run: Path) -> list[dict[str, Any]]:
     for member in (teachers or {}).get("teachers", []):
         rows.append({"model": f"{name}'s teacher: {member['teacher']}", "accuracy": member.get("test_acc")})
     if teachers and len(teachers["teachers"]) > 1:
-        rows.append({"model": f"{name}'s teacher ensemble (weighted)", "accuracy": teachers["ensemble"].get("test_acc")})
+        rows.append({"model": f"{name}'s teacher ensemble (weighted)",
+                     "accuracy": teachers["ensemble"].get("test_acc")})
     benchmark = read_json(run / "export" / "benchmark.json")
     if benchmark is None:
         rows.append({"model": name, "accuracy": metrics["test_acc"], "macro_f1": metrics.get("test_macro_f1")})

@@ -83,7 +83,8 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
     metrics = ddp_fit(
         "news16_distill_cpu.yaml", tmp_path, cache, "--trainer.max_epochs", "6", "--trainer.callbacks", callbacks,
         "--model.init_args.teacher_checkpoint", str(tiny_teacher), "--model.init_args.teachers", "[]",
-        "--model.init_args.pretrained", "null", "--model.init_args.architecture.num_layers", "1", "--model.init_args.architecture.hidden_size", "64",
+        "--model.init_args.pretrained", "null", "--model.init_args.architecture.num_layers", "1",
+        "--model.init_args.architecture.hidden_size", "64",
         "--model.init_args.architecture.num_heads", "2", "--model.init_args.architecture.intermediate_size", "128",
         "--model.init_args.learning_rate", "3e-3", "--model.init_args.warmup_ratio", "0.1",
     )
