@@ -80,12 +80,12 @@ PROGRESS_LINE = re.compile(
 def test_fit_into_a_file_shows_progress_lines_while_it_runs(tmp_path: Path) -> None:
     """README's command as written (no NEWS_DATA_DIR: ../shared/data is the default), output to a file."""
     env = {key: value for key, value in os.environ.items() if key != "NEWS_DATA_DIR"}
-    env["POCKETBERT_PROGRESS_SECONDS"] = "1"
+    env["POCKETBERT_PROGRESS_SECONDS"] = "0.2"
     log = tmp_path / "fit.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "recipes", "fit", "--config", "news16_cpu.yaml", "--data.init_args.labels",
-             "[sports,finance]", "--data.init_args.limit_per_class", "1000", "--data.init_args.batch_size", "4",
+             "[sports,finance]", "--data.init_args.limit_per_class", "400", "--data.init_args.batch_size", "4",
              "--trainer.max_epochs", "2",
              *TINY, "--data.init_args.cache_dir", str(tmp_path / "cache"),
              "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")],
@@ -100,8 +100,8 @@ def test_fit_into_a_file_shows_progress_lines_while_it_runs(tmp_path: Path) -> N
     text = log.read_text()
     assert seen_while_running, text[-3000:]  # flushed as it goes, not at the end
     lines = PROGRESS_LINE.findall(text)
-    assert len(lines) >= 2 and set(lines) == {str(2 * 350)}  # 1,400 training rows / batch 4 = 350 steps an epoch
-    assert re.search(r"^epoch 2/2  step 700/700 \(100%\)  loss \d\.\d{4}  elapsed \S+  validated: val_acc \d\.\d{4}  "
+    assert len(lines) >= 2 and set(lines) == {str(2 * 140)}  # 560 training rows / batch 4 = 140 steps an epoch
+    assert re.search(r"^epoch 2/2  step 280/280 \(100%\)  loss \d\.\d{4}  elapsed \S+  validated: val_acc \d\.\d{4}  "
                      r"val_loss \d\.\d{4}  val_macro_f1 \d\.\d{4}$", text, re.MULTILINE)
     assert "data dir: " in text and "NEWS_DATA_DIR not set" in text
     for noise in ("litlogger", "v_num", "FLOPs", "LeafSpec", "━━"):
