@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import run_hint, vocab_tokens
+from lightning_modules.hub import WORDPIECE_CLASSES, run_hint, vocab_tokens, wordpiece_tokenizer
 from lightning_modules.token_cache import (
     TokenizedTexts,
     atomic_torch_save,
@@ -42,7 +41,7 @@ class Teacher:
     label_names: list[str]
     max_length: int
     path: Path
-    fingerprint: str  # sha256 of the weights, config, labels and vocabulary
+    fingerprint: str  # sha256 of the weights, config, labels, vocabulary and tokenizer settings
 
 
 def load_teacher(path: Path) -> Teacher:
@@ -54,12 +53,19 @@ def load_teacher(path: Path) -> Teacher:
     model = exportable.model.eval()
     model.requires_grad_(False)
     digest = hashlib.sha256()
-    digest.update(json.dumps([model.config.to_dict(), exportable.label_names, exportable.vocab],
-                             sort_keys=True, ensure_ascii=False, default=str).encode())
+    described: list[Any] = [model.config.to_dict(), exportable.label_names, exportable.vocab]
+    if exportable.tokenizer_settings is not None:  # absent from older checkpoints: their fingerprints stay the same
+        described.append(exportable.tokenizer_settings)
+    digest.update(json.dumps(described, sort_keys=True, ensure_ascii=False, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    tokenizer = BertTokenizer(vocab=OrderedDict((token, i) for i, token in enumerate(exportable.vocab)))
+    settings = exportable.tokenizer_settings or {}
+    if settings.get("class", "BertTokenizer") not in WORDPIECE_CLASSES:
+        raise PocketbertError(f"the teacher {path} was trained with a {settings['class']} tokenizer; distillation "
+                              "rebuilds a teacher's tokenizer as WordPiece from its saved vocabulary, which would give "
+                              "it other ids; train the teacher with a WordPiece (BERT) tokenizer")
+    tokenizer = wordpiece_tokenizer(exportable.vocab, settings)
     return Teacher(model, tokenizer, exportable.label_names, exportable.max_length, path, digest.hexdigest())
 
 

@@ -98,7 +98,7 @@ def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> 
     if not kept:
         raise PocketbertError(f"the {split} split has no rows with the model's labels")
     return EvalSet.from_texts([e.text for e in kept], [index[e.label] for e in kept],
-                              build_tokenizer(exportable.vocab), exportable.max_length)
+                              build_tokenizer(exportable.vocab, exportable.tokenizer_settings), exportable.max_length)
 
 
 def log_to_tensorboard(run: Path, report: dict[str, Any], text: str) -> None:
