@@ -158,8 +158,22 @@ def test_drift_check_flags_a_shift_and_not_a_resample() -> None:
     assert shifted["status"] == shifted["psi_status"] == "significant" and shifted["psi"] > 0.25
     few = drift_check(baseline, ["c0", "c1", "c2"] * 5)
     assert "sampling noise alone" in few["warning"] and not few["reliable"] and same["reliable"]
-    strict = drift_check(baseline, same_predictions := list(golden[:3000]), DriftThresholds(psi_moderate=0.0))
-    assert strict["psi_status"] in ("moderate", "significant") and len(same_predictions) == 3000
+    # the thresholds decide the status: the resample's own PSI sits just above one moderate threshold, below another
+    resample = rng.choice(5, size=3000, p=[0.3, 0.25, 0.2, 0.15, 0.1]).tolist()
+    psi = drift_check(baseline, resample)["psi"]
+    assert psi > 0  # a resample is never exactly the baseline
+    assert drift_check(baseline, resample, DriftThresholds(psi_moderate=0.9 * psi))["psi_status"] == "moderate"
+    assert drift_check(baseline, resample, DriftThresholds(psi_moderate=1.1 * psi))["psi_status"] == "stable"
+    # the chi-square test: a resample is no significant shift, the shifted sample is (p far below 0.01)
+    assert same["p_value"] > 0.01 and not same["significant"]
+    assert shifted["p_value"] < 1e-10 and shifted["significant"] and shifted["gate"]
+    # news16's shape: 16 classes, 4,800 golden predictions; 200 field predictions all in one class are below the
+    # noise-floor size (320+) yet a certain shift, so they may fail a job
+    news16 = build_baseline(np.repeat(np.arange(16), 300), [f"k{i}" for i in range(16)])
+    one_class = drift_check(news16, [0] * 200)
+    assert not one_class["reliable"] and one_class["status"] == "significant"
+    assert one_class["significant"] and one_class["gate"]
+    assert not drift_check(news16, list(range(16)) * 12)["gate"]  # 192 predictions spread like the baseline
     with pytest.raises(ExportError, match="neither a label name nor a class id"):
         drift_check(baseline, ["c0", "nope"])
 
@@ -177,10 +191,22 @@ def test_drift_command_exit_codes_and_one_line_errors(tmp_path: Path, capsys: py
                  "--fail-on", "moderate", "--json", str(report)]) == 1
     assert "drift: significant" in capsys.readouterr().out
     assert json.loads(report.read_text())["psi"] > 0.25
-    (tmp_path / "few.txt").write_text("a\n" * 20)  # all one class, but 20 predictions are too few to fail a job
-    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "few.txt"),
-                 "--fail-on", "moderate"]) == 0
-    assert "drift: significant (unreliable: too few predictions)" in capsys.readouterr().out
+    # 30 predictions all in one class: too few for PSI's noise floor, but the shift is significant and fails the job
+    (tmp_path / "one_class.txt").write_text("a\n" * 30)
+    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "one_class.txt"),
+                 "--fail-on", "significant", "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "drift: significant (few predictions, but the shift is significant: chi-square p=" in out
+    checked = json.loads(report.read_text())
+    assert not checked["reliable"] and checked["significant"] and checked["p_value"] < 1e-8
+    # 30 predictions whose PSI crosses 0.10 by chance: moderate by the thresholds, not significant: the job passes
+    (tmp_path / "noisy.txt").write_text("\n".join(["a"] * 15 + ["b"] * 8 + ["c"] * 7))
+    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "noisy.txt"),
+                 "--fail-on", "moderate", "--json", str(report)]) == 0
+    assert ("drift: moderate (unreliable: too few predictions; the shift is not significant: chi-square p=0.1"
+            in capsys.readouterr().out)
+    assert json.loads(report.read_text())["psi"] == pytest.approx(
+        population_stability_index(np.full(3, 1 / 3), np.array([15, 8, 7]) / 30), rel=1e-6)
     (tmp_path / "bad.txt").write_text("a\nzebra\n")
     assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "bad.txt")]) == 2
     err = capsys.readouterr().err.strip()
