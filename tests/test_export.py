@@ -234,9 +234,16 @@ def test_personalize_command_replays_the_bundle_head_for_simulated_users(run: di
     # the features path (export graph -> head weights) reproduces the model's accuracy on the golden (test) set
     assert report["golden_accuracy_before"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
     assert len(report["users"]) == 6 and report["golden_examples"] == run["manifest"]["test_examples"]
+    # rejections follow the app's rule: the bundle's golden-check examples against its fp32 reference accuracy
+    check = json.loads((run["export"] / "personalization.json").read_text())["rollback"]["golden_check"]
+    assert report["rollback_rule"] == "bundle golden check"
+    assert report["golden_check_examples"] == len(check["examples"]) == 32  # golden_check_size, not the test split
+    assert report["golden_check_accuracy_before"] == check["accuracy_before"]
     for row in report["users"]:
-        assert 0 <= row["user_accuracy_after"] <= 1 and len(row["interests"]) == 1
-        assert row["rejected"] == (row["forgetting"] > 0.05)
+        assert row["gain"] == pytest.approx(row["user_accuracy_after"] - row["user_accuracy_before"])
+        assert len(row["interests"]) == 1
+        assert row["rejected"] == (row["golden_check_accuracy_after"] < check["accuracy_before"] - 0.05)
+        assert row["rejected_by_test_split"] == (row["forgetting"] > 0.05)
     assert "| gain |" in (out / "report.md").read_text() and "| gain |" in capsys.readouterr().out
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

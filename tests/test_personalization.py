@@ -21,7 +21,16 @@ from export.monitoring import (
     noise_floor_psi,
     population_stability_index,
 )
-from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update, simulate_users
+from export.personalization import (
+    GoldenCheck,
+    HeadUpdate,
+    UserSimulation,
+    markdown_report,
+    read_head_update,
+    rehearse,
+    replay_update,
+    simulate_users,
+)
 from recipes.__main__ import main
 
 LABELS = ["sports", "finance", "car"]
@@ -136,6 +145,34 @@ def test_rehearsal_reports_gain_forgetting_and_rejections_consistently() -> None
     assert report["updates_rejected"] == pytest.approx(np.mean([row["rejected"] for row in report["users"]]))
     again = rehearse(head, pool_x, pool_y, golden_x, golden_y, settings, max_golden_drop=0.03)
     assert again["summary"] == summary  # seeded: the same users and updates
+
+
+def test_rehearsal_rejects_updates_by_the_bundles_golden_check() -> None:
+    """The app judges an update on personalization.json's few golden-check examples against their fp32 accuracy,
+    not on the whole test split: the rehearsal's rejection rate must be the app's."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 6)) * 1.2
+    labels = rng.integers(0, 4, 1400)
+    features = (centers[labels] + rng.normal(size=(1400, 6))).astype(np.float32)
+    pool_x, pool_y, golden_x, golden_y = features[:600], labels[:600], features[600:], labels[600:]
+    head = HeadUpdate(weight=centers.astype(np.float32), bias=-0.5 * (centers**2).sum(axis=1).astype(np.float32),
+                      labels=list("abcd"), learning_rate=0.1, batch_size=8, epochs=10, shuffle=True)
+    settings = UserSimulation(users=30, feedback=30, later_items=100, interest_classes=1, interest_share=0.9)
+    check_x, check_y = golden_x[:40], golden_y[:40]  # the bundle ships a sample of the test split
+    reference = float(np.mean((check_x @ head.weight.T + head.bias).argmax(axis=1) == check_y))  # fp32, as exported
+    report = rehearse(head, pool_x, pool_y, golden_x, golden_y, settings, max_golden_drop=0.03,
+                      golden_check=GoldenCheck(check_x, check_y, reference))
+    assert report["rollback_rule"] == "bundle golden check" and report["golden_check_examples"] == 40
+    assert report["golden_check_accuracy_before"] == reference
+    for row in report["users"]:
+        assert row["rejected"] == (row["golden_check_accuracy_after"] < reference - 0.03)
+        assert row["rejected_by_test_split"] == (row["forgetting"] > 0.03)
+    disagree = [row for row in report["users"] if row["rejected"] != row["rejected_by_test_split"]]
+    assert disagree  # 40 examples judge differently from 800: the whole-split figure is not what the app sees
+    assert report["updates_rejected"] == pytest.approx(np.mean([row["rejected"] for row in report["users"]]))
+    assert report["updates_rejected"] != report["updates_rejected_by_test_split"]
+    assert "Updates the app rejects (its rollback rule: accuracy on the bundle's 40 golden-check examples" in (
+        markdown_report(report))
 
 
 def test_psi_and_kl_match_hand_computed_values() -> None:
