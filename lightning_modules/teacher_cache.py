@@ -139,3 +139,19 @@ def check_layer_map(layer_map: dict[int, int], student_config: Any, teacher: Tea
     if int(teacher.model.config.max_position_embeddings) < max_length:
         raise PocketbertError(f"the teacher covers {teacher.model.config.max_position_embeddings} positions but "
                               f"max_length is {max_length}; lower data.init_args.max_length")
+
+
+def check_same_teachers(saved: dict[str, Any], current: list[str]) -> None:
+    """Resuming a student's fit continues the distillation its checkpoint was part of: ``saved`` (the checkpoint's
+    ``distillation`` record) must name the teachers whose fingerprints are ``current``, or the student would mix two
+    teachers' targets without any sign of it."""
+    recorded = saved.get("teacher_fingerprints")
+    if recorded is None:  # written before every teacher was recorded: the main teacher's fingerprint alone
+        recorded = [saved["teacher_fingerprint"]] if saved.get("teacher_fingerprint") else []
+        current = current[:1] if recorded else []
+    if list(recorded) != list(current):
+        was = saved.get("teacher") or "its teachers"
+        raise PocketbertError(f"the teacher changed since this student checkpoint was written (distilled from {was}, "
+                              f"fingerprint {', '.join(f[:12] for f in recorded) or 'none'}; now "
+                              f"{', '.join(f[:12] for f in current) or 'none'}); resume with the teacher it was "
+                              "distilled from, or start a new fit without --ckpt_path")
