@@ -101,12 +101,18 @@ def golden_check_of(bundle_check: dict[str, Any] | None, exportable: ExportableM
 
 
 def check_same_model(head: HeadUpdate, exportable: ExportableModel, checkpoint: Path) -> None:
+    """The bundle's head must be the checkpoint's classifier: labels, weight and bias (a head trained further on
+    device, or a checkpoint whose head differs only in its bias, would rehearse another model)."""
     classifier: Any = exportable.model.classifier
     weight = classifier.weight.detach().float().numpy()
-    if head.labels != exportable.label_names or weight.shape != head.weight.shape or not np.allclose(
-            weight, head.weight, atol=1e-6):
-        raise PocketbertError(f"the exported head does not match {checkpoint} (labels or classifier weights differ); "
-                              "pass the checkpoint it was exported from with --ckpt, or re-export")
+    bias = (classifier.bias.detach().float().numpy() if classifier.bias is not None
+            else np.zeros(weight.shape[0], dtype=np.float32))
+    same = (head.labels == exportable.label_names and weight.shape == head.weight.shape
+            and bias.shape == head.bias.shape and np.allclose(weight, head.weight, atol=1e-6)
+            and np.allclose(bias, head.bias, atol=1e-6))
+    if not same:
+        raise PocketbertError(f"the exported head does not match {checkpoint} (labels or classifier weights or bias "
+                              "differ); pass the checkpoint it was exported from with --ckpt, or re-export")
 
 
 def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> EvalSet:

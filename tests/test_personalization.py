@@ -259,3 +259,18 @@ def test_top_level_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> N
     assert info.value.code == 0 and "usage: python -m recipes" in out
     for tool in ("export", "sweep", "personalize", "drift", "fit, validate, test, predict"):
         assert tool in out
+
+
+def test_rehearsal_refuses_a_checkpoint_whose_head_differs_even_only_in_its_bias(tmp_path: Path) -> None:
+    from lightning_modules.checkpoints import ExportableModel
+    from lightning_modules.errors import PocketbertError
+    from recipes.personalize_cmd import check_same_model
+
+    head, shipped = head_from_spec(tmp_path, coreml.UpdatableHead())
+    exportable = ExportableModel(shipped.model, LABELS, [], 16)
+    check_same_model(head, exportable, tmp_path / "best.ckpt")  # the checkpoint the bundle came from
+    with torch.no_grad():
+        shipped.model.classifier.bias[1] += 0.5  # e.g. another epoch's checkpoint: same weight, other bias
+    with pytest.raises(PocketbertError, match=r"the exported head does not match .*best\.ckpt \(labels or classifier "
+                                              r"weights or bias differ\)"):
+        check_same_model(head, exportable, tmp_path / "best.ckpt")
