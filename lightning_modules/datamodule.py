@@ -380,6 +380,26 @@ class NewsDataModule(L.LightningDataModule):
                       for name, (examples, split_report) in splits.items()}
         return splits
 
+    @cached_property
+    def train_overlap(self) -> dict[str, int]:
+        """Rows of the given val/test (or golden) files whose text is also in the training split: a stratified
+        split never has any (duplicates go before it), separate files can, and those rows score memory."""
+        splits = self.cleaned_splits
+        train = {example.text for example in splits["train"][0]}
+        return {name: sum(example.text in train for example in splits[name][0]) for name in ("val", "test")
+                if splits[name][0] and (self.files[name] is not None or (name == "test" and self.golden_test_file))}
+
+    def overlap_summary(self) -> list[str]:
+        """One warning line per split that shares texts with the training split."""
+        lines = []
+        for name, count in self.train_overlap.items():
+            if count:
+                source = self.golden_test_file if name == "test" and self.golden_test_file else self.files[name]
+                lines.append(f"warning: {count} of {len(self.cleaned_splits[name][0])} {name} rows ({source}) also "
+                             "appear in the training split: their scores measure memory, not generalization; remove "
+                             "them from one of the files")
+        return lines
+
     def read_predict_file(self) -> tuple[list[str], list[str | None]]:
         """The normalized, non-empty texts of ``predict_file`` and their true labels (None where unknown)."""
         name = str(self.predict_file)
@@ -434,6 +454,8 @@ class NewsDataModule(L.LightningDataModule):
             self.datasets["predict"] = TokenizedDataset(tokens, torch.tensor(ids, dtype=torch.long))
             self.texts["predict"] = texts
             self.true_labels["predict"] = [name if name in label_ids else None for name in names]
+        for line in self.overlap_summary():
+            rank_zero_info(line)
         missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
         if missing:
             raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
