@@ -208,13 +208,28 @@ def test_cached_and_uncached_teacher_give_the_same_loss(teacher_dir: Path, tmp_p
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+class StepLosses(L.Callback):
+    """The hidden-state loss logged at every training step."""
+
+    def __init__(self) -> None:
+        self.hidden: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        self.hidden.append(float(trainer.callback_metrics["train_hidden_loss"]))
+
+
 def test_hidden_state_matching_trains(teacher_dir: Path, tmp_path: Path) -> None:
+    L.seed_everything(4)
     dm = datamodule(teacher_dir / "cache", per_class=20)
-    model = student(teacher_dir, dm, layer_map={0: 0, 1: 2}, hidden_weight=0.5)
+    model = student(teacher_dir, dm, layer_map={0: 0, 1: 2}, hidden_weight=0.5, learning_rate=3e-3)
     assert model.hidden_projection is not None and model.hidden_projection.out_features == TEACHER.hidden_size
-    fit = trainer(tmp_path)
+    losses = StepLosses()
+    fit = trainer(tmp_path, max_epochs=4, callbacks=[losses])
     fit.fit(model, datamodule=dm)
-    assert math.isfinite(fit.callback_metrics["train_hidden_loss"].item())
+    assert len(losses.hidden) == 4 * 3  # 42 training rows in batches of 16
+    # the student's projected hidden states move towards the teacher's (measured: 1.32 at the first steps, 0.82 at
+    # the last ones)
+    assert max(losses.hidden[-3:]) < 0.8 * min(losses.hidden[:3]), losses.hidden
     assert not any(key.startswith("teacher") for key in model.state_dict())
     with pytest.raises(PocketbertError, match="layer_map 2: 9 is out of range"):
         student(teacher_dir, dm, layer_map={2: 9})
