@@ -299,6 +299,20 @@ def test_export_command_rewrites_artifacts_from_the_checkpoint(run: dict[str, An
     assert [r["variant"] for r in rows] == ["pytorch_fp32", "baseline"]
     assert rows[0]["accuracy"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
 
+    # a config listing the same labels in another order: scored by name, the same figures and baseline
+    config["data"]["init_args"]["labels"] = LABELS[::-1]
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["export", "--ckpt", str(checkpoint), "--config", str(config_file), "--out", str(tmp_path / "re")]) == 0
+    reordered = json.loads((tmp_path / "re" / "benchmark.json").read_text())["variants"]
+    assert [r["accuracy"] for r in reordered] == pytest.approx([r["accuracy"] for r in rows])
+    baseline = json.loads((out / "monitoring_baseline.json").read_text())
+    assert json.loads((tmp_path / "re" / "monitoring_baseline.json").read_text()) == baseline
+    # other labels: one line, nothing exported
+    config["data"]["init_args"]["labels"] = ["sports", "finance", "car", "world"]
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["export", "--ckpt", str(checkpoint), "--config", str(config_file), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
 
 def test_export_command_help_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
