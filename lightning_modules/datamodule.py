@@ -83,6 +83,19 @@ class PadCollator:
         }
 
 
+class _Positions(Dataset[int]):
+    """``range(size)`` as the dataset ``DistributedSampler`` sizes its shards by (it never reads the rows)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
 class ResumableSampler(DistributedSampler[int]):
     """Shuffles with ``seed + epoch`` (its own generator, so the global RNG that drives dropout is untouched) and
     can start an epoch part-way through, so a run resumed mid-epoch sees exactly the batches it had left.
@@ -102,7 +115,7 @@ class ResumableSampler(DistributedSampler[int]):
 
     def __init__(self, size: int, seed: int, lengths: torch.Tensor | None = None, batch_size: int = 1,
                  pool_batches: int = 50, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(_Positions(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.size = size
         self.lengths = lengths
         self.batch_size = batch_size
