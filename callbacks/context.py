@@ -96,7 +96,9 @@ def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str]
     the ids the training tokenizer gave those texts mapped into the shipped vocabulary (see ``training_ids``)."""
     if datamodule is None or not hasattr(datamodule, "test_dataloader"):
         raise ExportError("export callbacks need a DataModule with a test split (the recipe's `data:` section)")
-    test_loader = datamodule.test_dataloader()  # sets the DataModule up if fit did not
+    # the whole split (sets the DataModule up if fit did not); test_dataloader() is one rank's shard under DDP
+    whole = getattr(datamodule, "eval_dataloader", None)
+    test_loader = whole("test") if callable(whole) else datamodule.test_dataloader()
     mapped = label_ids_by_name(datamodule, shipped)
     texts: list[str] = list(getattr(datamodule, "texts", {}).get("test", []))
     tokenizer = getattr(datamodule, "tokenizer", None)

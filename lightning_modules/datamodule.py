@@ -517,8 +517,9 @@ class NewsDataModule(L.LightningDataModule):
             self._resume_at = None
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
 
-    def eval_dataloader(self, split: str) -> DataLoader[dict[str, Any]]:
-        """An unshuffled loader over ``split`` (train, val, test or predict).
+    def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader[dict[str, Any]]:
+        """An unshuffled loader over the whole of ``split`` (train, val, test or predict); with ``shard``, this
+        rank's part of it under DDP (what Lightning's evaluation loops get).
 
         Under DDP each rank evaluates every ``world_size``-th row and no row twice: Lightning's default
         ``DistributedSampler`` pads an uneven split with repeated rows, which the synced metrics would count twice.
@@ -526,7 +527,7 @@ class NewsDataModule(L.LightningDataModule):
         """
         kwargs = self._loader_kwargs()  # sets the data up first if needed
         replicas, rank = self._replicas()
-        if replicas > 1:
+        if shard and replicas > 1:
             sampler = UnrepeatedDistributedSampler(self.datasets[split], num_replicas=replicas, rank=rank,
                                                    shuffle=False)
             return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, sampler=sampler, **kwargs)
@@ -534,15 +535,15 @@ class NewsDataModule(L.LightningDataModule):
 
     @override
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader("val")
+        return self.eval_dataloader("val", shard=True)
 
     @override
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader("test")
+        return self.eval_dataloader("test", shard=True)
 
     @override
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader(self.predict_split)
+        return self.eval_dataloader(self.predict_split, shard=True)
 
     # Mid-epoch resume lives here rather than in a stateful DataLoader: Lightning creates the train loader early
     # (to estimate the scheduler's total steps) and then never hands a stateful loader its saved state, while the
