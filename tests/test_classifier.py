@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -74,9 +75,9 @@ def test_bf16_mixed_fit_learns_like_fp32(vocab_file: Path, tmp_path: Path) -> No
         model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY,
                                learning_rate=3e-3)
         dtype = ForwardDtype()
-        trainer = L.Trainer(accelerator="cpu", precision=precision, max_epochs=6, logger=False,  # type: ignore[arg-type]
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[dtype])
+        options: dict[str, Any] = {"precision": precision}
+        trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[dtype], **options)
         trainer.fit(model, datamodule=dm)
         results[precision] = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" not in k}
         assert dtype.dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)

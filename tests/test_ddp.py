@@ -119,7 +119,7 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
 
 
 # 3 classes x 34 rows: 72 training rows (9 steps of 2 x 4 an epoch) and an odd test split of 15 rows
-RESUME_DATA = {"labels": ["sports", "finance", "car"], "limit_per_class": 34, "batch_size": 4}
+RESUME_DATA: dict[str, Any] = {"labels": ["sports", "finance", "car"], "limit_per_class": 34, "batch_size": 4}
 
 
 def ddp_recipe(tmp_path: Path, save_dir: Path, kill_at_step: int | None = None) -> Path:
@@ -157,7 +157,7 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_ddp_run(tmp
     # the 15-row test split is evaluated once per row across the ranks (no padded duplicate): the synced metrics
     # equal one process's over the whole split
     best = json.loads(next(straight.glob("news16_cpu/version_0/test_metrics.json")).read_text())["best_checkpoint"]
-    data = NewsDataModule(train_file=TRAIN_FILE, cache_dir=tmp_path / "cache", **RESUME_DATA)  # type: ignore[arg-type]
+    data = NewsDataModule(train_file=TRAIN_FILE, cache_dir=tmp_path / "cache", **RESUME_DATA)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     model = TextClassifier.load_from_checkpoint(best, weights_only=True)
     single = trainer.test(model, datamodule=data, verbose=False)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,9 +31,9 @@ def tiny_model(num_labels: int) -> BertForSequenceClassification:
     return BertForSequenceClassification(config).eval()
 
 
-def news(tmp_path: Path, labels: list[str], **kwargs: object) -> NewsDataModule:
+def news(tmp_path: Path, labels: list[str], **kwargs: Any) -> NewsDataModule:
     return NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=labels, limit_per_class=40,
-                          cache_dir=tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
+                          cache_dir=tmp_path / "cache", **kwargs)
 
 
 def test_export_scores_reordered_labels_by_name_and_refuses_other_labels(tmp_path: Path) -> None:
@@ -110,7 +111,9 @@ def test_token_cache_key_covers_the_tokenizer_settings() -> None:
     vocab = load_tokenizer(PACKAGED_VOCAB).get_vocab()
     plain = BertTokenizer(vocab=vocab)
     assert tokenizer_fingerprint(plain) == tokenizer_fingerprint(BertTokenizer(vocab=vocab))
-    for changed in ({"strip_accents": False}, {"tokenize_chinese_chars": False}, {"do_lower_case": False}):
-        other = BertTokenizer(vocab=vocab, **changed)  # type: ignore[arg-type]
+    changes: list[dict[str, Any]] = [{"strip_accents": False}, {"tokenize_chinese_chars": False},
+                                     {"do_lower_case": False}]
+    for changed in changes:
+        other = BertTokenizer(vocab=vocab, **changed)
         assert other("Café 中国")["input_ids"] != plain("Café 中国")["input_ids"], changed
         assert tokenizer_fingerprint(other) != tokenizer_fingerprint(plain), changed
