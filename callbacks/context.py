@@ -67,38 +67,83 @@ def shipped_model(trainer: L.Trainer, pl_module: L.LightningModule) -> ShippedMo
         raise ExportError(f"{best or type(pl_module).__name__} has no pocketbert export info (label names, vocab); "
                           "was it written by a pocketbert LightningModule?")
     return ShippedModel(model, list(info["label_names"]), list(info["vocab"]), int(info["max_length"]),
-                        source=str(best))
+                        source=str(best), tokenizer_settings=info.get("tokenizer_settings"))
 
 
-def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str]]:
+def label_ids_by_name(datamodule: Any, shipped: ShippedModel) -> list[int] | None:
+    """``mapped[data label id]`` = the shipped model's id of that label name, or None when both orders agree.
+
+    A DataModule numbers its labels by its own label list; a checkpoint exported with another recipe (or a list in
+    another order) numbers them differently, and comparing ids would score every prediction against the wrong class.
+    """
+    data_names = getattr(datamodule, "label_names", None)
+    if data_names is None or list(data_names) == list(shipped.label_names):
+        return None
+    data_names = list(data_names)
+    if sorted(data_names) != sorted(shipped.label_names):
+        extra = sorted(set(data_names) - set(shipped.label_names))
+        absent = sorted(set(shipped.label_names) - set(data_names))
+        raise ExportError(f"the data's labels differ from the checkpoint's (in the data only: {extra}; in the "
+                          f"checkpoint only: {absent}); export with the config the checkpoint was trained with, or "
+                          "set data.init_args.labels to the checkpoint's label list")
+    index = {name: i for i, name in enumerate(shipped.label_names)}
+    return [index[name] for name in data_names]
+
+
+def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str], list[list[int]] | None]:
     """The DataModule's real test set in the shipped model's ids (re-tokenized if the training vocab differs,
-    e.g. a student whose vocabulary was pruned), and its texts."""
+    e.g. a student whose vocabulary was pruned) and label ids (mapped by name), its texts, and, when re-tokenized,
+    the ids the training tokenizer gave those texts mapped into the shipped vocabulary (see ``training_ids``)."""
     if datamodule is None or not hasattr(datamodule, "test_dataloader"):
         raise ExportError("export callbacks need a DataModule with a test split (the recipe's `data:` section)")
-    test_loader = datamodule.test_dataloader()  # sets the DataModule up if fit did not
+    # the whole split (sets the DataModule up if fit did not); test_dataloader() is one rank's shard under DDP
+    whole = getattr(datamodule, "eval_dataloader", None)
+    test_loader = whole("test") if callable(whole) else datamodule.test_dataloader()
+    mapped = label_ids_by_name(datamodule, shipped)
     texts: list[str] = list(getattr(datamodule, "texts", {}).get("test", []))
     tokenizer = getattr(datamodule, "tokenizer", None)
     training_vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if tokenizer is not None else None
     if training_vocab is not None and [token for token, _ in training_vocab] == shipped.vocab:
         pad_id = int(tokenizer.pad_token_id or 0)  # type: ignore[union-attr]
-        return EvalSet.from_batches(test_loader, pad_id), texts
-    if not texts:
-        raise ExportError("the shipped model's vocab differs from the DataModule tokenizer and the test texts are "
-                          "unavailable to re-tokenize; export needs DataModule.texts['test']")
-    from export.assets import build_tokenizer
+        examples = EvalSet.from_batches(test_loader, pad_id)
+        training = None
+    else:
+        if not texts:
+            raise ExportError("the shipped model's vocab differs from the DataModule tokenizer and the test texts are "
+                              "unavailable to re-tokenize; export needs DataModule.texts['test']")
+        labels = [int(label) for batch in test_loader for label in batch["labels"]]
+        examples = EvalSet.from_texts(texts, labels, shipped.tokenizer(), shipped.max_length)
+        training = training_ids(datamodule, shipped)
+    if mapped is not None:
+        examples.labels = [mapped[label] for label in examples.labels]
+    return examples, texts, training
 
-    labels = [int(label) for batch in test_loader for label in batch["labels"]]
-    return EvalSet.from_texts(texts, labels, build_tokenizer(shipped.vocab), shipped.max_length), texts
+
+def training_ids(datamodule: Any, shipped: ShippedModel) -> list[list[int]] | None:
+    """The test split's ids from the DataModule's tokenizer, token by token in the shipped vocabulary ([UNK] for a
+    token it lacks): what the shipped tokenizer should reproduce. Compared with the shipped tokenizer's own ids,
+    this shows settings that did not travel (lower-casing, accents) and words that pruning splits differently."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    dataset = getattr(datamodule, "datasets", {}).get("test")
+    tokens = getattr(dataset, "tokens", None)
+    if tokenizer is None or tokens is None:
+        return None
+    index = {token: i for i, token in enumerate(shipped.vocab)}
+    unk = index.get(str(getattr(tokenizer, "unk_token", "[UNK]")), 0)
+    rows = (tokenizer.convert_ids_to_tokens(tokens.row(i).tolist()) for i in range(len(tokens)))
+    return [[index.get(token, unk) for token in row] for row in rows]
 
 
-def train_split(datamodule: Any) -> tuple[list[str], list[int]]:
-    """The training texts and label ids (what the benchmark's linear baseline is fitted on); empty if unavailable."""
+def train_split(datamodule: Any, shipped: ShippedModel | None = None) -> tuple[list[str], list[int]]:
+    """The training texts and label ids in the shipped model's numbering (what the benchmark's linear baseline is
+    fitted on); empty if unavailable."""
     texts = list(getattr(datamodule, "texts", {}).get("train", []))
     dataset = getattr(datamodule, "datasets", {}).get("train")
     labels = getattr(dataset, "labels", None)
     if not texts or labels is None or len(labels) != len(texts):
         return [], []
-    return texts, [int(label) for label in labels]
+    mapped = label_ids_by_name(datamodule, shipped) if shipped is not None else None
+    return texts, [int(label) if mapped is None else mapped[int(label)] for label in labels]
 
 
 def export_context(trainer: L.Trainer, pl_module: L.LightningModule) -> ExportContext:
@@ -109,11 +154,11 @@ def export_context(trainer: L.Trainer, pl_module: L.LightningModule) -> ExportCo
         return cached[1]
     shipped = shipped_model(trainer, pl_module)
     datamodule = getattr(trainer, "datamodule", None)
-    examples, texts = eval_set(datamodule, shipped)
-    train_texts, train_labels = train_split(datamodule)
+    examples, texts, training = eval_set(datamodule, shipped)
+    train_texts, train_labels = train_split(datamodule, shipped)
     writer = trainer.logger.experiment if isinstance(trainer.logger, TensorBoardLogger) else None
     context = ExportContext(shipped, examples, export_dir(trainer), texts=texts, train_texts=train_texts,
-                            train_labels=train_labels, writer=writer, step=trainer.global_step)
+                            train_labels=train_labels, writer=writer, step=trainer.global_step, training_ids=training)
     start_manifest(context.export_dir, source_checkpoint=shipped.source, label_names=shipped.label_names,
                 max_length=shipped.max_length, parameters=shipped.num_parameters, test_examples=len(examples))
     _CACHE[trainer] = (best, context)

@@ -44,15 +44,27 @@ def normalize(text: str) -> str:
 NORMALIZERS = {NORMALIZATION: normalize}
 
 
-def build_tokenizer(vocab: list[str]) -> BertTokenizer:
-    """A WordPiece tokenizer over exactly ``vocab`` (id = position).
+def build_tokenizer(vocab: list[str], settings: dict[str, Any] | None = None) -> BertTokenizer:
+    """A WordPiece tokenizer over exactly ``vocab`` (id = position), with the training tokenizer's ``settings``
+    (``lowercase``, ``strip_accents``, ``handle_chinese_chars``; bert-base-chinese's defaults when not recorded).
 
     ``BertTokenizer(vocab=dict)``: in transformers 5, ``BertTokenizer(vocab_file=...)`` maps every Chinese
     character to one id.
     """
     if len(set(vocab)) != len(vocab):
         raise ExportError("the checkpoint's vocab has duplicate tokens; ids would not round-trip through vocab.txt")
-    return BertTokenizer(vocab=OrderedDict((token, index) for index, token in enumerate(vocab)))
+    settings = settings or {}
+    lowercase, chinese = settings.get("lowercase"), settings.get("handle_chinese_chars")
+    return BertTokenizer(vocab=OrderedDict((token, index) for index, token in enumerate(vocab)),
+                         do_lower_case=True if lowercase is None else bool(lowercase),
+                         strip_accents=settings.get("strip_accents"),
+                         tokenize_chinese_chars=True if chinese is None else bool(chinese))
+
+
+def wordpiece_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a tokenizer's settings that :func:`build_tokenizer` takes (what a bundle records)."""
+    settings = settings or {}
+    return {key: settings.get(key) for key in ("lowercase", "strip_accents", "handle_chinese_chars")}
 
 
 def tokenizer_settings(tokenizer: BertTokenizer, max_length: int) -> dict[str, Any]:

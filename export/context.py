@@ -10,7 +10,6 @@ from typing import Any, Protocol
 import numpy as np
 from transformers import BertTokenizer
 
-from export.assets import build_tokenizer
 from export.evaluation import EvalSet, hf_predictor, predict_all
 from export.graph import ShippedModel
 
@@ -33,10 +32,13 @@ class ExportContext:
     train_labels: list[int] = field(default_factory=list)
     writer: ScalarWriter | None = None
     step: int = 0
+    # The test texts as the training tokenizer tokenized them, mapped into the shipped vocabulary by token; None when
+    # the eval set's ids are those (the shipped vocabulary is the training one). What the shipped tokenizer must match.
+    training_ids: list[list[int]] | None = None
 
     @cached_property
     def tokenizer(self) -> BertTokenizer:
-        return build_tokenizer(self.shipped.vocab)
+        return self.shipped.tokenizer()
 
     @cached_property
     def reference_logits(self) -> np.ndarray:

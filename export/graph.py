@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import BertTokenizer, PreTrainedModel
 
 from export import ngram_bert  # noqa: F401  (registers ngram_bert with the Auto classes for load_hf_dir)
+from export.assets import build_tokenizer
 from export.errors import ExportError
 
 # Encoder families whose layers take (hidden_states, additive_mask) and whose pooled output feeds a Linear head.
@@ -36,10 +37,15 @@ class ShippedModel:
     vocab: list[str]  # tokens in id order (the model's ids index this list)
     max_length: int
     source: str = ""  # the checkpoint it came from
+    tokenizer_settings: dict[str, Any] | None = None  # lower-casing etc. of the training tokenizer (None: defaults)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def tokenizer(self) -> BertTokenizer:
+        """The WordPiece tokenizer an app rebuilds from ``vocab.txt`` and the recorded settings."""
+        return build_tokenizer(self.vocab, self.tokenizer_settings)
 
 
 def check_exportable(model: nn.Module) -> None:

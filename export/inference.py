@@ -100,7 +100,8 @@ def load_bundle(run: Path, variant: str | None = None, threads: int = 1) -> Bund
                           "export --ckpt RUN/best.ckpt)")
     vocab_path = _checked(export_dir, artifacts["vocab"], "vocab")
     vocab = vocab_path.read_text("utf-8").split("\n")  # not splitlines(): tokens may hold U+2028
-    tokenizer = build_tokenizer(vocab)
+    # lower-casing etc. as training had them (bundles before they were recorded: the defaults they were built with)
+    tokenizer = build_tokenizer(vocab, artifacts["vocab"].get("tokenizer"))
     max_length = int(artifacts["vocab"].get("max_length", manifest.get("max_length", 0)))
     if max_length < 3:
         raise ExportError(f"{export_dir / MANIFEST} records no max_length; re-export the bundle")

@@ -13,6 +13,10 @@ field and compares their distribution with the baseline:
 Empty classes are floored at ``EPSILON`` before taking logarithms. A sample of ``n`` predictions drawn from the
 baseline itself already has an expected PSI of about ``(k - 1) * (1/n + 1/N)`` for ``k`` classes and a baseline of
 ``N`` predictions; the check reports this noise floor and warns when it is too close to the thresholds to trust.
+Below that size PSI alone cannot tell drift from noise, so the check also runs a chi-square test of homogeneity on
+the two count tables (baseline vs new predictions): a shift that this test finds significant is real drift however
+few the predictions (200 predictions all in one class), while a noisy small sample that merely crosses a threshold
+is not.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy.stats import chi2_contingency
 
 from export.errors import ExportError
 
 EPSILON = 1e-4
+SIGNIFICANCE = 0.01  # p-value below which the chi-square test calls a shift real (not sampling noise)
 Status = Literal["stable", "moderate", "significant"]
 SEVERITY: dict[Status, int] = {"stable": 0, "moderate": 1, "significant": 2}
 
@@ -123,13 +129,26 @@ def prediction_ids(predictions: Sequence[int | str], label_names: list[str]) -> 
     return ids
 
 
+def shift_p_value(baseline_counts: np.ndarray, new_counts: np.ndarray) -> tuple[float, float]:
+    """Chi-square test of homogeneity of two count vectors (num_labels,): (statistic, p-value) of "both samples come
+    from one distribution". Classes empty in both are left out; one class in all gives (0, 1)."""
+    table = np.stack([np.asarray(baseline_counts, dtype=np.float64), np.asarray(new_counts, dtype=np.float64)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0
+    statistic, p_value, _, _ = chi2_contingency(table, correction=False)
+    return float(statistic), float(p_value)
+
+
 def drift_check(baseline: dict[str, Any], predictions: Sequence[int | str],
-                thresholds: DriftThresholds | None = None) -> dict[str, Any]:
+                thresholds: DriftThresholds | None = None, significance: float = SIGNIFICANCE) -> dict[str, Any]:
     """Compare new predictions (label names or ids) with a baseline from :func:`build_baseline`.
 
     Returns PSI, KL, their statuses and the overall one (the worse of the two), the noise floor of PSI for this
     many predictions, ``reliable`` (false, with a warning, when that floor exceeds half the moderate threshold:
-    sampling noise alone could raise the status), and per-class shares.
+    sampling noise alone could raise the status), the chi-square test of the shift (``p_value``, ``significant``
+    below ``significance``), ``gate`` (whether the status may fail a job: reliable, or the shift is significant),
+    and per-class shares.
     """
     labels: list[str] = list(baseline["labels"])
     limits = thresholds or DriftThresholds(**baseline.get("thresholds", {}))
@@ -149,6 +168,14 @@ def drift_check(baseline: dict[str, Any], predictions: Sequence[int | str],
                       for label, b, n, term in zip(labels, base, new, psi_terms(base, new, epsilon), strict=True)],
     }
     report["reliable"] = floor <= limits.psi_moderate / 2
+    base_counts = baseline.get("predicted_counts")
+    if base_counts is None:  # older baselines: counts from shares
+        base_counts = np.rint(base * int(baseline["predictions"]))
+    statistic, p_value = shift_p_value(np.asarray(base_counts), class_counts(ids, len(labels)))
+    report.update(chi_square=statistic, p_value=p_value, significance=significance,
+                  significant=p_value < significance)
+    # PSI's thresholds decide the status; on a small sample only a statistically significant shift may fail a job
+    report["gate"] = report["reliable"] or report["significant"]
     if not report["reliable"]:
         needed = _predictions_needed(classes, int(baseline["predictions"]), limits.psi_moderate / 2)
         report["warning"] = (f"only {len(ids)} predictions: sampling noise alone gives PSI ~{floor:.3f}; "

@@ -184,10 +184,28 @@ def simulate_users(pool_labels: np.ndarray, num_labels: int, settings: UserSimul
     return users
 
 
+@dataclass(frozen=True)
+class GoldenCheck:
+    """The rollback rule an app runs (``personalization.json``): after an update, the model's accuracy on the
+    bundle's golden-check examples must not fall below ``accuracy_before`` (PyTorch fp32's on the same examples)
+    minus the allowed drop."""
+
+    features: np.ndarray  # (n, hidden): the encoder's pooled features of the bundle's golden-check examples
+    labels: np.ndarray  # (n,)
+    accuracy_before: float  # the bundle's reference: fp32 accuracy on these examples
+
+
 def rehearse(head: HeadUpdate, pool_features: np.ndarray, pool_labels: np.ndarray, golden_features: np.ndarray,
-             golden_labels: np.ndarray, settings: UserSimulation, max_golden_drop: float) -> dict[str, Any]:
+             golden_labels: np.ndarray, settings: UserSimulation, max_golden_drop: float,
+             golden_check: GoldenCheck | None = None) -> dict[str, Any]:
     """Simulate users, replay each one's update, and report accuracy before/after on their later items and on the
-    golden set; an update whose golden accuracy falls by more than ``max_golden_drop`` is marked rejected."""
+    golden set (the whole test split: forgetting).
+
+    An update is rejected as the app will reject it: by ``golden_check`` (the bundle's examples and reference
+    accuracy) when given; else when the golden set's accuracy falls by more than ``max_golden_drop``. With a
+    golden check, what the test-split rule would have rejected is reported beside it
+    (``updates_rejected_by_test_split``): the bundle's few examples are a noisier judge than the whole split.
+    """
     rng = np.random.default_rng(settings.seed)
     users = simulate_users(pool_labels, len(head.labels), settings, rng)
     golden_before = _accuracy(head.weight, head.bias, golden_features, golden_labels)
@@ -198,21 +216,38 @@ def rehearse(head: HeadUpdate, pool_features: np.ndarray, pool_labels: np.ndarra
         before = _accuracy(head.weight, head.bias, later_features, later_labels)
         after = _accuracy(weight, bias, later_features, later_labels)
         golden_after = _accuracy(weight, bias, golden_features, golden_labels)
-        rejected = golden_before - golden_after > max_golden_drop
-        rows.append({"user": number, "interests": [head.labels[c] for c in user.interests],
-                     "user_accuracy_before": before, "user_accuracy_after": after, "gain": after - before,
-                     "golden_accuracy_after": golden_after, "forgetting": golden_before - golden_after,
-                     "rejected": bool(rejected), "shipped_accuracy": before if rejected else after})
-    summary = {key: _spread([row[key] for row in rows]) for key in
-               ("user_accuracy_before", "user_accuracy_after", "gain", "golden_accuracy_after", "forgetting",
-                "shipped_accuracy")}
-    return {
+        by_test_split = golden_before - golden_after > max_golden_drop
+        row: dict[str, Any] = {"user": number, "interests": [head.labels[c] for c in user.interests],
+                               "user_accuracy_before": before, "user_accuracy_after": after, "gain": after - before,
+                               "golden_accuracy_after": golden_after, "forgetting": golden_before - golden_after,
+                               "rejected_by_test_split": bool(by_test_split)}
+        rejected = by_test_split
+        if golden_check is not None:
+            check_after = _accuracy(weight, bias, golden_check.features, golden_check.labels)
+            # the app's rule as personalization.json states it, with its reference accuracy
+            rejected = check_after < golden_check.accuracy_before - max_golden_drop
+            row["golden_check_accuracy_after"] = check_after
+        row.update(rejected=bool(rejected), shipped_accuracy=before if rejected else after)
+        rows.append(row)
+    keys = ["user_accuracy_before", "user_accuracy_after", "gain", "golden_accuracy_after", "forgetting",
+            "shipped_accuracy"]
+    if golden_check is not None:
+        keys.insert(4, "golden_check_accuracy_after")
+    summary = {key: _spread([row[key] for row in rows]) for key in keys}
+    report: dict[str, Any] = {
         "head_update": head.settings(), "simulation": asdict(settings), "max_golden_accuracy_drop": max_golden_drop,
         "pool_examples": len(pool_labels), "golden_examples": len(golden_labels),
         "golden_accuracy_before": golden_before, "summary": summary,
         "users_improved": float(np.mean([row["gain"] > 0 for row in rows])),
-        "updates_rejected": float(np.mean([row["rejected"] for row in rows])), "users": rows,
+        "rollback_rule": "bundle golden check" if golden_check is not None else "test split",
+        "updates_rejected": float(np.mean([row["rejected"] for row in rows])),
+        "updates_rejected_by_test_split": float(np.mean([row["rejected_by_test_split"] for row in rows])),
+        "users": rows,
     }
+    if golden_check is not None:
+        report.update(golden_check_examples=len(golden_check.labels),
+                      golden_check_accuracy_before=golden_check.accuracy_before)
+    return report
 
 
 def compare_learning_rates(head: HeadUpdate, learning_rates: list[float], *args: Any,
@@ -245,9 +280,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     """The report's summary as a Markdown table, with the verdict on rejection."""
     names = {"user_accuracy_before": "user accuracy, before", "user_accuracy_after": "user accuracy, after",
              "gain": "gain", "golden_accuracy_after": "golden accuracy, after",
+             "golden_check_accuracy_after": "golden-check accuracy, after (the app's rule)",
              "forgetting": "forgetting (golden drop)", "shipped_accuracy": "user accuracy, with rollback"}
     lines = ["| metric | mean | std | min | p10 | median | p90 | max |", "|---|---|---|---|---|---|---|---|"]
     for key, label in names.items():
+        if key not in report["summary"]:
+            continue
         row = report["summary"][key]
         lines.append(f"| {label} | " + " | ".join(f"{row[s]:.4f}" for s in
                                                  ("mean", "std", "min", "p10", "median", "p90", "max")) + " |")
@@ -258,9 +296,8 @@ def markdown_report(report: dict[str, Any]) -> str:
               f"update: SGD lr {update['learning_rate']}, batch {update['batch_size']}, {update['epochs']} epochs, "
               f"momentum {update['momentum']}, shuffle {update['shuffle']}.",
               f"Golden set ({report['golden_examples']} examples) accuracy before the update: "
-              f"{report['golden_accuracy_before']:.4f}. Users improved: {report['users_improved']:.0%}. "
-              f"Updates to reject (golden accuracy drop > {report['max_golden_accuracy_drop']}): "
-              f"{report['updates_rejected']:.0%}."]
+              f"{report['golden_accuracy_before']:.4f}. Users improved: {report['users_improved']:.0%}.",
+              _rejection_line(report)]
     if report.get("learning_rate_sweep"):
         lines += ["", "Same users at other learning rates (an app may pass MLParameterKey.learningRate):", "",
                   "| learning rate | mean gain | mean forgetting | rejected | user accuracy after | with rollback |",
@@ -269,6 +306,17 @@ def markdown_report(report: dict[str, Any]) -> str:
                   f"{row['updates_rejected']:.0%} | {row['user_accuracy_after']:.4f} | {row['shipped_accuracy']:.4f} |"
                   for row in report["learning_rate_sweep"]]
     return "\n".join(lines)
+
+
+def _rejection_line(report: dict[str, Any]) -> str:
+    drop = report["max_golden_accuracy_drop"]
+    by_split = f"golden (test split) accuracy drop > {drop}"
+    if report.get("rollback_rule") != "bundle golden check":
+        return f"Updates to reject ({by_split}): {report['updates_rejected']:.0%}."
+    return (f"Updates the app rejects (its rollback rule: accuracy on the bundle's {report['golden_check_examples']} "
+            f"golden-check examples below the fp32 {report['golden_check_accuracy_before']:.4f} - {drop}): "
+            f"{report['updates_rejected']:.0%}; by the {by_split} instead: "
+            f"{report['updates_rejected_by_test_split']:.0%}.")
 
 
 def rollback_bundle(weight: np.ndarray, bias: np.ndarray, labels: list[str], update: dict[str, Any], *,

@@ -19,6 +19,7 @@ from export.assets import (
     EDGE_CASES,
     NORMALIZATION,
     tokenizer_settings,
+    wordpiece_settings,
     write_golden_tokens,
     write_labels,
     write_vocab,
@@ -194,7 +195,7 @@ def write_app_assets(ctx: ExportContext, golden_texts: list[str] | None = None, 
     write_vocab(shipped.vocab, out / "vocab.txt")
     # what a reader of the bundle needs to turn raw text into the model's ids (python -m recipes classify reads it)
     record(out, "vocab", "text", out / "vocab.txt", tokens=len(shipped.vocab), normalization=NORMALIZATION,
-           max_length=shipped.max_length)
+           max_length=shipped.max_length, tokenizer=wordpiece_settings(shipped.tokenizer_settings))
     write_labels(shipped.label_names, out / "labels.json")
     record(out, "labels", "json", out / "labels.json", labels=len(shipped.label_names))
     texts = [*EDGE_CASES, *(golden_texts if golden_texts is not None else ctx.texts[:samples])]
@@ -216,13 +217,14 @@ def write_monitoring_baseline(ctx: ExportContext) -> None:
 
 
 def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
-    """How often the tokenizer rebuilt from ``vocab.txt`` reproduces the test set's training token ids."""
-    if not ctx.texts:
+    """How often the tokenizer an app rebuilds from ``vocab.txt`` (and the recorded settings) gives the ids the
+    training tokenizer gave the test texts (mapped into the shipped vocabulary by token when it was pruned)."""
+    training = ctx.training_ids if ctx.training_ids is not None else ctx.eval_set.token_ids
+    if not ctx.texts or len(training) != len(ctx.texts):
         return {}
-    count = min(limit, len(ctx.texts), len(ctx.eval_set))
-    rebuilt = EvalSet.from_texts(ctx.texts[:count], ctx.eval_set.labels[:count], ctx.tokenizer,
-                                 ctx.shipped.max_length)
-    same = sum(a == b for a, b in zip(rebuilt.token_ids, ctx.eval_set.token_ids[:count], strict=True))
+    count = min(limit, len(ctx.texts))
+    rebuilt = EvalSet.from_texts(ctx.texts[:count], [0] * count, ctx.tokenizer, ctx.shipped.max_length)
+    same = sum(a == b for a, b in zip(rebuilt.token_ids, training[:count], strict=True))
     return {"vocab_tokenizer_matches_test_ids": same / count, "checked_texts": count}
 
 

@@ -2,8 +2,9 @@
 
 Contract every pocketbert LightningModule keeps (see ``save_export_info``): the classifier that ships is an HF
 ``PreTrainedModel`` under the ``model.`` prefix of the state dict, and ``checkpoint["pocketbert"]`` holds
-``label_names``, ``vocab`` (the tokens the shipped model's ids index, in id order), ``max_length``,
-``hf_class`` and ``hf_config``. Nothing else (a teacher, a token remap used only in training) is needed to export.
+``label_names``, ``vocab`` (the tokens the shipped model's ids index, in id order), ``tokenizer_settings``
+(lower-casing, accent stripping, CJK splitting, tokenizer class), ``max_length``, ``hf_class`` and ``hf_config``.
+Nothing else (a teacher, a token remap used only in training) is needed to export.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ExportableModel:
     label_names: list[str]
     vocab: list[str]
     max_length: int
+    tokenizer_settings: dict[str, Any] | None = None  # None: written before the settings were saved (defaults)
 
 
 def load_exportable(path: str | Path) -> ExportableModel:
@@ -70,4 +72,5 @@ def load_exportable(path: str | Path) -> ExportableModel:
     if missing or unexpected:
         raise PocketbertError(f"{path}: weights do not fit the saved config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
-    return ExportableModel(model.eval(), list(info["label_names"]), list(info["vocab"]), int(info["max_length"]))
+    return ExportableModel(model.eval(), list(info["label_names"]), list(info["vocab"]), int(info["max_length"]),
+                           info.get("tokenizer_settings"))

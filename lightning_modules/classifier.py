@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 from typing_extensions import override
 
 from lightning_modules.encoders import EncoderSpec, build_from_spec, load_pretrained
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import load_tokenizer, vocab_tokens
+from lightning_modules.hub import load_tokenizer, tokenizer_settings, vocab_tokens
 from lightning_modules.metrics import ClassificationMetrics, confusion_figure
 
 
@@ -183,6 +183,8 @@ def save_export_info(module: L.LightningModule, checkpoint: dict[str, Any]) -> N
         "vocab": vocab_tokens(module.tokenizer),  # type: ignore[arg-type]
         "max_length": int(module.hparams["max_length"]),
         "tokenizer": str(Path(module.hparams["tokenizer"])),
+        # lower-casing, accent stripping, CJK splitting: the vocabulary alone does not decide the ids
+        "tokenizer_settings": tokenizer_settings(cast(PreTrainedTokenizerBase, module.tokenizer)),
         "hf_class": type(module.model).__name__,
         "hf_config": module.model.config.to_dict(),  # type: ignore[union-attr, operator]
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -12,8 +13,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
@@ -81,7 +83,20 @@ class PadCollator:
         }
 
 
-class ResumableSampler(Sampler[int]):
+class _Positions(Dataset[int]):
+    """``range(size)`` as the dataset ``DistributedSampler`` sizes its shards by (it never reads the rows)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class ResumableSampler(DistributedSampler[int]):
     """Shuffles with ``seed + epoch`` (its own generator, so the global RNG that drives dropout is untouched) and
     can start an epoch part-way through, so a run resumed mid-epoch sees exactly the batches it had left.
 
@@ -89,18 +104,26 @@ class ResumableSampler(Sampler[int]):
     ``batch_size * pool_batches`` examples, each pool is sorted by length and cut into batches, and the batches
     are shuffled. Batches padded to their longest row then carry little padding (on news headlines a random batch
     is padded to 1.5x the mean length), while every epoch still visits the examples in a new random grouping.
+
+    Under DDP (``num_replicas`` > 1) it shards the epoch itself, so Lightning does not wrap it in a
+    ``DistributedSampler`` (which would index it by a length the resumed epoch no longer has): the global order is
+    grouped into batches of ``batch_size * num_replicas``, padded like ``DistributedSampler`` to a multiple of
+    ``num_replicas``, and rank ``r`` takes every ``num_replicas``-th example from ``r`` on, so each rank's batches
+    stay length-grouped and every rank runs the same number of batches. A resumed epoch skips the samples this
+    rank already trained (``samples_done`` counts one rank's samples). With one process it is the plain order.
     """
 
     def __init__(self, size: int, seed: int, lengths: torch.Tensor | None = None, batch_size: int = 1,
-                 pool_batches: int = 50) -> None:
+                 pool_batches: int = 50, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(_Positions(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.size = size
-        self.seed = seed
         self.lengths = lengths
         self.batch_size = batch_size
-        self.pool = batch_size * pool_batches
-        self.epoch = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, samples already seen in it)
+        self.group = batch_size * num_replicas  # the examples of one step across all ranks
+        self.pool = self.group * pool_batches
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples this rank had seen in it)
 
+    @override
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
         self.epoch = epoch
 
@@ -108,6 +131,7 @@ class ResumableSampler(Sampler[int]):
         self._resume_at = (epoch, samples_done)
 
     def order(self) -> list[int]:
+        """The epoch's global order (every rank computes the same one)."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator)
         if self.lengths is None or self.batch_size < 2:
@@ -116,21 +140,33 @@ class ResumableSampler(Sampler[int]):
         for start in range(0, self.size, self.pool):
             pool = order[start : start + self.pool]
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            batches += list(pool.split(self.batch_size))
+            batches += list(pool.split(self.group))
         # the last, possibly short, batch stays last: Lightning counts batches, not rows, when resuming
-        full = [batch for batch in batches if len(batch) == self.batch_size]
-        short = [batch for batch in batches if len(batch) < self.batch_size]
+        full = [batch for batch in batches if len(batch) == self.group]
+        short = [batch for batch in batches if len(batch) < self.group]
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
         return torch.cat(shuffled + short).tolist()
 
-    def __iter__(self) -> Iterator[int]:
+    def shard(self) -> list[int]:
+        """This rank's part of the epoch: ``num_samples`` indices."""
         order = self.order()
+        if self.num_replicas == 1:
+            return order
+        padding = self.total_size - len(order)
+        padded = order + (order * math.ceil(padding / max(1, len(order))))[:padding]
+        return padded[self.rank : self.total_size : self.num_replicas]
+
+    @override
+    def __iter__(self) -> Iterator[int]:
+        shard = self.shard()
         skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
         self._resume_at = None
-        yield from order[skip:]
+        yield from shard[skip:]
 
+    @override
     def __len__(self) -> int:
-        return self.size
+        # the whole epoch's share even when resumed: Lightning counts the batches already done in it
+        return self.num_samples
 
 
 class NewsDataModule(L.LightningDataModule):
@@ -357,6 +393,26 @@ class NewsDataModule(L.LightningDataModule):
                       for name, (examples, split_report) in splits.items()}
         return splits
 
+    @cached_property
+    def train_overlap(self) -> dict[str, int]:
+        """Rows of the given val/test (or golden) files whose text is also in the training split: a stratified
+        split never has any (duplicates go before it), separate files can, and those rows score memory."""
+        splits = self.cleaned_splits
+        train = {example.text for example in splits["train"][0]}
+        return {name: sum(example.text in train for example in splits[name][0]) for name in ("val", "test")
+                if splits[name][0] and (self.files[name] is not None or (name == "test" and self.golden_test_file))}
+
+    def overlap_summary(self) -> list[str]:
+        """One warning line per split that shares texts with the training split."""
+        lines = []
+        for name, count in self.train_overlap.items():
+            if count:
+                source = self.golden_test_file if name == "test" and self.golden_test_file else self.files[name]
+                lines.append(f"warning: {count} of {len(self.cleaned_splits[name][0])} {name} rows ({source}) also "
+                             "appear in the training split: their scores measure memory, not generalization; remove "
+                             "them from one of the files")
+        return lines
+
     def read_predict_file(self) -> tuple[list[str], list[str | None]]:
         """The normalized, non-empty texts of ``predict_file`` and their true labels (None where unknown)."""
         name = str(self.predict_file)
@@ -411,6 +467,8 @@ class NewsDataModule(L.LightningDataModule):
             self.datasets["predict"] = TokenizedDataset(tokens, torch.tensor(ids, dtype=torch.long))
             self.texts["predict"] = texts
             self.true_labels["predict"] = [name if name in label_ids else None for name in names]
+        for line in self.overlap_summary():
+            rank_zero_info(line)
         missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
         if missing:
             raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
@@ -439,33 +497,53 @@ class NewsDataModule(L.LightningDataModule):
         batches = fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         return epoch, batches
 
+    def _replicas(self) -> tuple[int, int]:
+        """(processes, this one's rank) of the run; (1, 0) outside a Trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     @override
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         kwargs = self._loader_kwargs()
         tokens = self.datasets["train"].tokens
         lengths = tokens.offsets[1:] - tokens.offsets[:-1] if self.length_grouping else None
-        sampler = ResumableSampler(len(tokens), self.split_seed, lengths, self.batch_size)
+        replicas, rank = self._replicas()
+        sampler = ResumableSampler(len(tokens), self.split_seed, lengths, self.batch_size, num_replicas=replicas,
+                                   rank=rank)
         if self._resume_at is not None:
             sampler.resume(*self._resume_at)
             self._resume_at = None
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
 
-    def eval_dataloader(self, split: str) -> DataLoader[dict[str, Any]]:
-        """An unshuffled loader over ``split`` (train, val, test or predict)."""
+    def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader[dict[str, Any]]:
+        """An unshuffled loader over the whole of ``split`` (train, val, test or predict); with ``shard``, this
+        rank's part of it under DDP (what Lightning's evaluation loops get).
+
+        Under DDP each rank evaluates every ``world_size``-th row and no row twice: Lightning's default
+        ``DistributedSampler`` pads an uneven split with repeated rows, which the synced metrics would count twice.
+        Ranks may then run one batch apart, which evaluation allows (no gradient sync).
+        """
         kwargs = self._loader_kwargs()  # sets the data up first if needed
+        replicas, rank = self._replicas()
+        if shard and replicas > 1:
+            sampler = UnrepeatedDistributedSampler(self.datasets[split], num_replicas=replicas, rank=rank,
+                                                   shuffle=False)
+            return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, sampler=sampler, **kwargs)
         return DataLoader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False, **kwargs)
 
     @override
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader("val")
+        return self.eval_dataloader("val", shard=True)
 
     @override
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader("test")
+        return self.eval_dataloader("test", shard=True)
 
     @override
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self.eval_dataloader(self.predict_split)
+        return self.eval_dataloader(self.predict_split, shard=True)
 
     # Mid-epoch resume lives here rather than in a stateful DataLoader: Lightning creates the train loader early
     # (to estimate the scheduler's total steps) and then never hands a stateful loader its saved state, while the
@@ -473,13 +551,27 @@ class NewsDataModule(L.LightningDataModule):
     @override
     def state_dict(self) -> dict[str, Any]:
         epoch, batches_done = self._train_progress()
-        # The global RNG drives dropout: restoring it makes a resumed run continue bit-for-bit.
-        return {"torch_rng_state": torch.get_rng_state(), "train_epoch": epoch,
+        # The global RNG drives dropout: restoring it makes a resumed run continue bit-for-bit. Under DDP each rank's
+        # RNG has drawn for its own batch shapes, so every rank's state is kept (rank 0 writes the checkpoint).
+        # Every rank builds the checkpoint (Trainer.save_checkpoint runs on all of them), so the gather pairs up.
+        state = torch.get_rng_state()
+        replicas, _ = self._replicas()
+        states = state.unsqueeze(0)
+        if replicas > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [torch.empty_like(state) for _ in range(replicas)]
+            torch.distributed.all_gather_object(gathered, state)
+            states = torch.stack(gathered)
+        # samples_done counts one rank's samples: the sampler skips them in this rank's shard
+        return {"torch_rng_state": state, "torch_rng_states": states, "train_epoch": epoch,
                 "train_samples_done": batches_done * self.batch_size}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "torch_rng_state" in state_dict:
+        replicas, rank = self._replicas()
+        states = state_dict.get("torch_rng_states")
+        if states is not None and len(states) == replicas:
+            torch.set_rng_state(states[rank].clone())  # a row view (storage offset) crashes set_rng_state
+        elif "torch_rng_state" in state_dict:
             torch.set_rng_state(state_dict["torch_rng_state"])
         if "train_epoch" in state_dict:
             self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_samples_done"]))

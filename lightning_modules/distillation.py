@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel
@@ -27,7 +28,7 @@ from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
 from lightning_modules.metrics import ClassificationMetrics
-from lightning_modules.teacher_cache import Teacher, check_layer_map, load_teacher, padded_rows
+from lightning_modules.teacher_cache import Teacher, check_layer_map, check_same_teachers, load_teacher, padded_rows
 from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
 from lightning_modules.token_cache import TokenizedTexts, tokenize
 from lightning_modules.vocab_pruning import PrunedVocab, check_prunable
@@ -126,7 +127,12 @@ class DistillationModule(L.LightningModule):
                 resolve_pretrained(pretrained)  # fail fast offline, before the teacher is looked for
         self.tokenizer = self.data_tokenizer  # what ships: replaced by the pruned tokenizer when pruning
         self.teacher: Teacher | None = None
-        if teacher_checkpoint is not None:
+        # Only fitting needs the teacher: a trained student is tested, predicted and exported without its file (the
+        # hyperparameters still name it), so a missing file is an error when fit starts (setup), not here.
+        self.missing_teacher: Path | None = None
+        if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
+            self.missing_teacher = Path(teacher_checkpoint)
+        elif teacher_checkpoint is not None:
             with torch.random.fork_rng(devices=[]):  # building the teacher must not shift the student's random init
                 self.teacher = load_teacher(Path(teacher_checkpoint))
             if self.teacher.label_names != self.label_names:
@@ -167,6 +173,8 @@ class DistillationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
+        if self.missing_teacher is not None:
+            load_teacher(self.missing_teacher)  # raises its one-line "not found: train the teacher first" error
         if self.teacher is None and not self.extra_teachers:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint or teachers")
         datamodule: Any = getattr(self.trainer, "datamodule", None)
@@ -315,12 +323,23 @@ class DistillationModule(L.LightningModule):
         checkpoint["pocketbert"]["distillation"] = {
             "teacher": str(self.teacher.path.resolve()) if self.teacher is not None else None,  # not the `latest` link
             "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,
+            "teacher_fingerprints": self.teacher_fingerprints(),
             "teachers": self.teacher_report,
             "vocab_pruned": self.pruned is not None,
         }
 
+    def teacher_fingerprints(self) -> list[str]:
+        """The fingerprints of every checkpoint teacher, ``teacher_checkpoint`` first (others in ``teachers`` order)."""
+        found = [self.teacher.fingerprint] if self.teacher is not None else []
+        return found + [member.teacher.fingerprint for member in self.extra_teachers
+                        if isinstance(member, CheckpointTeacher)]
+
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("pocketbert", {}).get("distillation")
+        trainer = self._trainer
+        if saved and trainer is not None and trainer.state.fn == TrainerFn.FITTING:  # resuming, not evaluating
+            check_same_teachers(saved, self.teacher_fingerprints())
         # Runs before the weights load: shrink the embedding to the checkpoint's pruned vocabulary first.
         vocab = list(checkpoint.get("pocketbert", {}).get("vocab") or [])
         if vocab and vocab != vocab_tokens(self.tokenizer):

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from transformers import (
+    AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     MobileBertConfig,
     PretrainedConfig,
@@ -18,7 +20,7 @@ from transformers import (
 
 from export.ngram_bert import NgramBertConfig
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import read_vocab_file, resolve_pretrained, vocab_tokens
+from lightning_modules.hub import load_tokenizer, read_vocab_file, resolve_pretrained, vocab_tokens
 
 
 @dataclass
@@ -123,19 +125,30 @@ def encoder_config(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dro
     return BertConfig(**common)
 
 
+# Texts whose ids differ between tokenizers that share a vocabulary but not their settings: Latin case, accents,
+# full-width forms, digits, Chinese punctuation, an emoji ([UNK]).
+SAMPLE_TEXTS = ["iPhone 15 Pro发布，售价7999元！", "Café Résumé naïve ÜBER", "ＮＢＡ总决赛：勇士ｖｓ凯尔特人",
+                "“双引号”与《书名号》", "今天天气很好😀", "中国队夺冠"]
+
+
 def load_pretrained(
     name_or_path: str, *, label_names: list[str], dropout: float, tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """``AutoModelForSequenceClassification.from_pretrained`` with a fresh head for ``label_names``.
 
-    A local model directory that carries a vocabulary (``vocab.txt``, e.g. one written by ``MaskedLMPretraining``)
-    must match ``tokenizer`` token for token: its embedding rows are indexed by those ids.
+    The model must read the data tokenizer's ids: its token embeddings must cover them, its own tokenizer (when it
+    ships one) must give the same ids on sample texts, and a local ``vocab.txt`` must match token for token. Only
+    the classification head may differ in shape from the pretrained weights (it is re-initialized); any other
+    mismatched weight would be silently re-initialized, so it stops the run.
     """
     resolved, local_only = resolve_pretrained(name_or_path)
     if tokenizer is not None:
         check_same_vocabulary(Path(resolved), tokenizer)
-    return AutoModelForSequenceClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(resolved, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        check_tokenizer_fits(name_or_path, resolved, int(config.vocab_size), tokenizer,
+                             local_only=local_only, trust_remote_code=trust_remote_code)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         resolved,
         local_files_only=local_only,
         trust_remote_code=trust_remote_code,
@@ -143,8 +156,50 @@ def load_pretrained(
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         hidden_dropout_prob=dropout,
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=True,  # the head: a new label count
+        output_loading_info=True,
     )
+    prefix = f"{model.base_model_prefix}."
+    encoder = sorted(key for key, *_ in info.get("mismatched_keys", ()) if key.startswith(prefix))
+    if encoder:
+        key, saved, wanted = next(item for item in info["mismatched_keys"] if item[0] == encoder[0])
+        raise PocketbertError(f"the pretrained model {name_or_path} has weights of another shape than its config "
+                              f"builds ({key}: {tuple(saved)} saved, {tuple(wanted)} expected; {len(encoder)} such "
+                              "weights); only the classification head may differ: fix the model's config.json")
+    return model
+
+
+def check_tokenizer_fits(name: str, resolved: str, vocab_size: int, tokenizer: PreTrainedTokenizerBase, *,
+                         local_only: bool, trust_remote_code: bool) -> None:
+    """Raise unless the model's embeddings cover the data tokenizer's ids and the model's own tokenizer (if any)
+    gives the same ids on :data:`SAMPLE_TEXTS`."""
+    own = _own_tokenizer(resolved, local_only=local_only, trust_remote_code=trust_remote_code)
+    if len(tokenizer) > vocab_size or (own is None and len(tokenizer) != vocab_size):
+        raise PocketbertError(f"the pretrained model {name} has {vocab_size} token embeddings but the data tokenizer "
+                              f"has {len(tokenizer)} tokens; set data.init_args.tokenizer to the model's tokenizer "
+                              f"({name})")
+    if own is None:
+        return
+    for text in SAMPLE_TEXTS:
+        theirs, ours = own(text)["input_ids"], tokenizer(text)["input_ids"]
+        if list(theirs) != list(ours):
+            raise PocketbertError(f"the pretrained model {name}'s tokenizer gives other ids than the data tokenizer "
+                                  f"(for {text!r}: {list(theirs)[:8]} vs {list(ours)[:8]}); set "
+                                  f"data.init_args.tokenizer to {name}")
+
+
+def _own_tokenizer(resolved: str, *, local_only: bool, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a pretrained model ships with (None when it ships none)."""
+    folder = Path(resolved)
+    if folder.is_dir():
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            return None
+        return load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(resolved, local_files_only=local_only,
+                                             trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # a hub model without tokenizer files
+        return None
 
 
 def check_same_vocabulary(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -7,12 +7,14 @@ with a message that names the offline recipes.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
@@ -135,3 +137,36 @@ def vocab_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The tokenizer's vocabulary in id order, as written to ``vocab.txt`` for apps."""
     by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return [token for token, _ in by_id]
+
+
+# Tokenizer classes a WordPiece vocabulary plus these settings rebuild exactly (what a checkpoint and vocab.txt hold).
+WORDPIECE_CLASSES = ("BertTokenizer", "BertTokenizerFast")
+
+
+def tokenizer_settings(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What decides token ids beside the vocabulary: the class and the normalizer's lower-casing, accent stripping,
+    CJK splitting and text cleaning (read from the ``tokenizers`` backend when there is one: that is what runs)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer: dict[str, Any] = {}
+    if backend is not None:
+        normalizer = json.loads(backend.to_str()).get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        normalizer = {"lowercase": getattr(tokenizer, "do_lower_case", None),
+                      "strip_accents": getattr(tokenizer, "strip_accents", None),
+                      "handle_chinese_chars": getattr(tokenizer, "tokenize_chinese_chars", None),
+                      "clean_text": None, "type": normalizer.get("type")}
+    return {"class": type(tokenizer).__name__, "lowercase": normalizer.get("lowercase"),
+            "strip_accents": normalizer.get("strip_accents"),
+            "handle_chinese_chars": normalizer.get("handle_chinese_chars"), "clean_text": normalizer.get("clean_text")}
+
+
+def wordpiece_tokenizer(vocab: list[str], settings: dict[str, Any] | None = None) -> BertTokenizer:
+    """A WordPiece tokenizer over exactly ``vocab`` (id = position) with a checkpoint's ``tokenizer_settings``
+    (bert-base-chinese's defaults for checkpoints written before the settings were saved)."""
+    settings = settings or {}
+    lowercase = settings.get("lowercase")
+    chinese = settings.get("handle_chinese_chars")
+    return BertTokenizer(vocab=OrderedDict((token, i) for i, token in enumerate(vocab)),
+                         do_lower_case=True if lowercase is None else bool(lowercase),
+                         strip_accents=settings.get("strip_accents"),
+                         tokenize_chinese_chars=True if chinese is None else bool(chinese))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import run_hint, vocab_tokens
+from lightning_modules.hub import WORDPIECE_CLASSES, run_hint, vocab_tokens, wordpiece_tokenizer
 from lightning_modules.token_cache import (
     TokenizedTexts,
     atomic_torch_save,
@@ -42,7 +41,7 @@ class Teacher:
     label_names: list[str]
     max_length: int
     path: Path
-    fingerprint: str  # sha256 of the weights, config, labels and vocabulary
+    fingerprint: str  # sha256 of the weights, config, labels, vocabulary and tokenizer settings
 
 
 def load_teacher(path: Path) -> Teacher:
@@ -54,12 +53,19 @@ def load_teacher(path: Path) -> Teacher:
     model = exportable.model.eval()
     model.requires_grad_(False)
     digest = hashlib.sha256()
-    digest.update(json.dumps([model.config.to_dict(), exportable.label_names, exportable.vocab],
-                             sort_keys=True, ensure_ascii=False, default=str).encode())
+    described: list[Any] = [model.config.to_dict(), exportable.label_names, exportable.vocab]
+    if exportable.tokenizer_settings is not None:  # absent from older checkpoints: their fingerprints stay the same
+        described.append(exportable.tokenizer_settings)
+    digest.update(json.dumps(described, sort_keys=True, ensure_ascii=False, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    tokenizer = BertTokenizer(vocab=OrderedDict((token, i) for i, token in enumerate(exportable.vocab)))
+    settings = exportable.tokenizer_settings or {}
+    if settings.get("class", "BertTokenizer") not in WORDPIECE_CLASSES:
+        raise PocketbertError(f"the teacher {path} was trained with a {settings['class']} tokenizer; distillation "
+                              "rebuilds a teacher's tokenizer as WordPiece from its saved vocabulary, which would give "
+                              "it other ids; train the teacher with a WordPiece (BERT) tokenizer")
+    tokenizer = wordpiece_tokenizer(exportable.vocab, settings)
     return Teacher(model, tokenizer, exportable.label_names, exportable.max_length, path, digest.hexdigest())
 
 
@@ -133,3 +139,19 @@ def check_layer_map(layer_map: dict[int, int], student_config: Any, teacher: Tea
     if int(teacher.model.config.max_position_embeddings) < max_length:
         raise PocketbertError(f"the teacher covers {teacher.model.config.max_position_embeddings} positions but "
                               f"max_length is {max_length}; lower data.init_args.max_length")
+
+
+def check_same_teachers(saved: dict[str, Any], current: list[str]) -> None:
+    """Resuming a student's fit continues the distillation its checkpoint was part of: ``saved`` (the checkpoint's
+    ``distillation`` record) must name the teachers whose fingerprints are ``current``, or the student would mix two
+    teachers' targets without any sign of it."""
+    recorded = saved.get("teacher_fingerprints")
+    if recorded is None:  # written before every teacher was recorded: the main teacher's fingerprint alone
+        recorded = [saved["teacher_fingerprint"]] if saved.get("teacher_fingerprint") else []
+        current = current[:1] if recorded else []
+    if list(recorded) != list(current):
+        was = saved.get("teacher") or "its teachers"
+        raise PocketbertError(f"the teacher changed since this student checkpoint was written (distilled from {was}, "
+                              f"fingerprint {', '.join(f[:12] for f in recorded) or 'none'}; now "
+                              f"{', '.join(f[:12] for f in current) or 'none'}); resume with the teacher it was "
+                              "distilled from, or start a new fit without --ckpt_path")

@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from lightning_modules.hub import tokenizer_settings
+
 log = logging.getLogger(__name__)
 _CHUNK = 4096
 
@@ -35,10 +37,17 @@ class TokenizedTexts:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of what decides token ids: class, vocabulary and lower-casing."""
+    """A hash of what decides token ids: class, vocabulary and the whole tokenizing pipeline (lower-casing, accent
+    stripping, CJK splitting, pre-tokenizer, WordPiece settings), so a cache entry never serves another tokenizer."""
     digest = hashlib.sha256()
     digest.update(type(tokenizer).__name__.encode())
-    digest.update(str(getattr(tokenizer, "do_lower_case", None)).encode())
+    digest.update(json.dumps(tokenizer_settings(tokenizer), sort_keys=True).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        pipeline["model"] = {k: v for k, v in (pipeline.get("model") or {}).items() if k != "vocab"}
+        digest.update(json.dumps({k: pipeline.get(k) for k in ("normalizer", "pre_tokenizer", "post_processor",
+                                                                "model")}, sort_keys=True).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     return digest.hexdigest()
 

@@ -11,7 +11,6 @@ re-tokenized. Unseen text can differ (a dropped word may split into kept pieces)
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from transformers import BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import vocab_tokens
+from lightning_modules.hub import tokenizer_settings, vocab_tokens, wordpiece_tokenizer
 
 
 @dataclass
@@ -92,11 +91,6 @@ def _pruned(tokenizer: PreTrainedTokenizerBase, kept: torch.Tensor) -> PrunedVoc
     id_map = torch.full((len(full_tokens),), -1, dtype=torch.long)
     id_map[kept] = torch.arange(len(kept))
     id_map[id_map < 0] = int(id_map[int(tokenizer.unk_token_id)])  # type: ignore[arg-type]
-    pruned_tokenizer = BertTokenizer(
-        vocab=OrderedDict((token, i) for i, token in enumerate(tokens)),
-        do_lower_case=bool(getattr(tokenizer, "do_lower_case", True)),
-        tokenize_chinese_chars=bool(getattr(tokenizer, "tokenize_chinese_chars", True)),
-        strip_accents=getattr(tokenizer, "strip_accents", None),
-    )
+    pruned_tokenizer = wordpiece_tokenizer(tokens, tokenizer_settings(tokenizer))
     return PrunedVocab(tokens, kept, id_map, pruned_tokenizer)
 

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = datamodule.cleaned_splits
     label_names: list[str] = datamodule.label_names
     reports = {id(report): report.summary() for _, report in splits.values()}
-    report_text = "\n".join(reports.values())
+    overlap = datamodule.overlap_summary() if hasattr(datamodule, "overlap_summary") else []
+    report_text = "\n".join([*reports.values(), *overlap])
     print(report_text)
     out: Path = args.out or default_out(args.config)
     known = set(label_names)

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--fail-on", choices=["never", "moderate", "significant"], default="never",
                         help="exit with status 1 at this drift level or worse, when the check is reliable (enough "
-                        "predictions; default: %(default)s)")
+                        "predictions) or, on fewer predictions, the shift is significant (chi-square p < 0.01; "
+                        "default: %(default)s)")
     for name, value in vars(DriftThresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None,
                             help=f"threshold override (default: the baseline's, normally {value})")
@@ -99,10 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     print("largest shifts: " + ", ".join(f"{row['label']} {row['baseline']:.3f}->{row['new']:.3f}" for row in top))
     if "warning" in report:
         print(f"warning: {report['warning']}")
-    print(f"drift: {report['status']}" + ("" if report["reliable"] else " (unreliable: too few predictions)"))
+    test = f"chi-square p={report['p_value']:.2g}"
+    if report["reliable"]:
+        note = ""
+    elif report["significant"]:
+        note = f" (few predictions, but the shift is significant: {test})"
+    else:
+        note = f" (unreliable: too few predictions; the shift is not significant: {test})"
+    print(f"drift: {report['status']}{note}")
     if args.json is not None:
         write_json(args.json, report)
-    # An unreliable check (too few predictions) never fails a job: noise alone can reach the thresholds.
-    failing = (args.fail_on != "never" and report["reliable"]
+    # On too few predictions noise alone can reach the thresholds: only a significant shift fails the job then.
+    failing = (args.fail_on != "never" and report["gate"]
                and SEVERITY[report["status"]] >= SEVERITY[args.fail_on])
     return 1 if failing else 0

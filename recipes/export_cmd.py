@@ -93,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     datamodule, exporters = instantiate(read_config(config_path))
     out: Path = args.out or (run_dir or checkpoint.parent) / "export"
     shipped = ShippedModel(exportable.model, exportable.label_names, exportable.vocab, exportable.max_length,
-                           source=str(checkpoint))
-    examples, texts = eval_set(datamodule, shipped)
+                           source=str(checkpoint), tokenizer_settings=exportable.tokenizer_settings)
+    examples, texts, training_ids = eval_set(datamodule, shipped)
     writer = None
     if run_dir is not None and args.out is None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir))
-    train_texts, train_labels = train_split(datamodule)
+    train_texts, train_labels = train_split(datamodule, shipped)
     context = ExportContext(shipped, examples, out, texts=texts, train_texts=train_texts, train_labels=train_labels,
-                            writer=writer)
+                            writer=writer, training_ids=training_ids)
     start_manifest(out, source_checkpoint=str(checkpoint), label_names=shipped.label_names,
                    max_length=shipped.max_length, parameters=shipped.num_parameters, test_examples=len(examples))
     try:

@@ -3,7 +3,9 @@
 Reads the updatable head the run exported (``export/<name>Head.mlmodel``: weights, loss, SGD learning rate,
 mini-batch size, momentum, epochs, shuffle), the run's checkpoint (the encoder) and its ``config.yaml`` (the data).
 Users are drawn from the validation split (held out from training), the golden set is the test split (the one the
-export bundle's monitoring baseline and golden check come from). See docs/personalization.md.
+export bundle's monitoring baseline and golden check come from). An update is rejected by the rule the app runs:
+``personalization.json``'s golden-check examples against its fp32 reference accuracy (the test split's drop is
+reported beside it). See docs/personalization.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from export.assets import build_tokenizer
 from export.coreml import load_spec
 from export.files import write_json, write_text
 from export.personalization import (
+    GoldenCheck,
     HeadUpdate,
     UserSimulation,
     compare_learning_rates,
@@ -67,27 +70,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bundle_head(export_dir: Path, artifacts: dict[str, Any]) -> tuple[HeadUpdate, float]:
-    """The head update read from the exported head's spec, and the bundle's rejection threshold."""
+def bundle_head(export_dir: Path, artifacts: dict[str, Any]) -> tuple[HeadUpdate, float, dict[str, Any] | None]:
+    """The head update read from the exported head's spec, the bundle's rejection threshold, and its golden check
+    (``personalization.json``'s examples and reference accuracy; None when the bundle has no rollback file)."""
     if "coreml_head" not in artifacts:
         raise PocketbertError(f"{export_dir} has no updatable Core ML head (manifest lists no coreml_head); export one "
                               "with CoreMLExport (personalizable: true), e.g. python -m recipes export --ckpt "
                               "RUN/best.ckpt")
     head = read_head_update(load_spec(export_dir / artifacts["coreml_head"]["path"]))
-    threshold = 0.02
+    threshold, check = 0.02, None
     if "personalization" in artifacts:
         bundle = json.loads((export_dir / artifacts["personalization"]["path"]).read_text("utf-8"))
         threshold = float(bundle["rollback"]["max_golden_accuracy_drop"])
-    return head, threshold
+        check = bundle["rollback"].get("golden_check")
+    return head, threshold, check
+
+
+def golden_check_of(bundle_check: dict[str, Any] | None, exportable: ExportableModel,
+                    progress: Any = iter) -> GoldenCheck | None:
+    """The bundle's golden check as the app runs it: its token ids through the encoder, its labels, and the fp32
+    accuracy the app compares an updated model with."""
+    if not bundle_check or not bundle_check.get("examples"):
+        return None
+    examples = bundle_check["examples"]
+    pad_id = int(build_tokenizer(exportable.vocab, exportable.tokenizer_settings).pad_token_id or 0)
+    check_set = EvalSet([list(example["input_ids"]) for example in examples],
+                        [int(example["label"]) for example in examples], pad_id)
+    return GoldenCheck(pooled_features(exportable.model, check_set, progress=progress),
+                       np.asarray(check_set.labels), float(bundle_check["accuracy_before"]))
 
 
 def check_same_model(head: HeadUpdate, exportable: ExportableModel, checkpoint: Path) -> None:
+    """The bundle's head must be the checkpoint's classifier: labels, weight and bias (a head trained further on
+    device, or a checkpoint whose head differs only in its bias, would rehearse another model)."""
     classifier: Any = exportable.model.classifier
     weight = classifier.weight.detach().float().numpy()
-    if head.labels != exportable.label_names or weight.shape != head.weight.shape or not np.allclose(
-            weight, head.weight, atol=1e-6):
-        raise PocketbertError(f"the exported head does not match {checkpoint} (labels or classifier weights differ); "
-                              "pass the checkpoint it was exported from with --ckpt, or re-export")
+    bias = (classifier.bias.detach().float().numpy() if classifier.bias is not None
+            else np.zeros(weight.shape[0], dtype=np.float32))
+    same = (head.labels == exportable.label_names and weight.shape == head.weight.shape
+            and bias.shape == head.bias.shape and np.allclose(weight, head.weight, atol=1e-6)
+            and np.allclose(bias, head.bias, atol=1e-6))
+    if not same:
+        raise PocketbertError(f"the exported head does not match {checkpoint} (labels or classifier weights or bias "
+                              "differ); pass the checkpoint it was exported from with --ckpt, or re-export")
 
 
 def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> EvalSet:
@@ -98,7 +123,7 @@ def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> 
     if not kept:
         raise PocketbertError(f"the {split} split has no rows with the model's labels")
     return EvalSet.from_texts([e.text for e in kept], [index[e.label] for e in kept],
-                              build_tokenizer(exportable.vocab), exportable.max_length)
+                              build_tokenizer(exportable.vocab, exportable.tokenizer_settings), exportable.max_length)
 
 
 def log_to_tensorboard(run: Path, report: dict[str, Any], text: str) -> None:
@@ -123,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         raise PocketbertError(f"{run} has no export/manifest.json; pass a run folder whose fit exported artifacts "
                               "(e.g. tb_logs/news16_distill_cpu/latest)")
     manifest = read_manifest(export_dir)
-    head, threshold = bundle_head(export_dir, manifest["artifacts"])
+    head, threshold, bundle_check = bundle_head(export_dir, manifest["artifacts"])
     if args.max_golden_drop is not None:
         threshold = args.max_golden_drop
     if not 0 <= threshold <= 1:
@@ -148,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 
     pool_features = pooled_features(exportable.model, pool, progress=bar("features: val (users)", len(pool)))
     golden_features = pooled_features(exportable.model, golden, progress=bar("features: test (golden)", len(golden)))
+    # the app rejects an update by the bundle's golden check (its examples, its fp32 reference): so does the rehearsal
+    check_size = len((bundle_check or {}).get("examples") or [])
+    check = golden_check_of(bundle_check, exportable, bar("features: golden check", check_size))
     data = (pool_features, np.asarray(pool.labels), golden_features, np.asarray(golden.labels), settings, threshold)
-    report = rehearse(head, *data)
-    report["learning_rate_sweep"] = compare_learning_rates(head, args.learning_rates, *data)
+    report = rehearse(head, *data, golden_check=check)
+    report["learning_rate_sweep"] = compare_learning_rates(head, args.learning_rates, *data, golden_check=check)
     report.update(run=str(run), checkpoint=str(checkpoint), pool="validation split", golden="test split")
     out: Path = args.out or run / "personalization"
     text = markdown_report(report)

@@ -116,10 +116,13 @@ def run(spec: SweepRecipe) -> int:
     print(f"[sweep {spec.study_name}] storage {shown_url(spec.storage_url)}: {finished} of {spec.n_trials} trials "
           f"finished, running {todo}", flush=True)
     started = time.perf_counter()
+    failures = FailureLimit(spec.max_failed_trials or max(3, spec.n_trials))
     if todo:
         try:
-            study.optimize(lambda trial: objective(spec, trial), n_trials=todo, catch=(TrialFailed,),
-                           callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=FINISHED)])
+            # no n_trials here: it would count failed trials too. The study stops when it has n_trials finished
+            # trials (any worker's) or when this run has seen too many failures.
+            study.optimize(lambda trial: objective(spec, trial), catch=(TrialFailed,),
+                           callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=FINISHED), failures])
         except KeyboardInterrupt:
             print(f"\ninterrupted: the running trial is marked FAILED; rerun the same command to continue "
                   f"{spec.study_name}", flush=True)
@@ -127,7 +130,30 @@ def run(spec: SweepRecipe) -> int:
     report(study, spec.study_dir, metric=spec.metric,
            best_config=lambda values: resolved_config(training_args(spec, values, version=None, test_after_fit=True)),
            elapsed=time.perf_counter() - started)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if finished < spec.n_trials:
+        raise PocketbertError(f"sweep {spec.study_name} stopped after {failures.failed} failed trials with {finished} "
+                              f"of {spec.n_trials} finished (last failure: {failures.last_error}); fix the search "
+                              "space or the recipe, or raise max_failed_trials, then rerun to continue")
     return 0
+
+
+class FailureLimit:
+    """Stops ``study.optimize`` once this worker has run ``limit`` failed trials (a search space where most values
+    diverge would otherwise replace failures for ever)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failed = 0
+        self.last_error = ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            return
+        self.failed += 1
+        self.last_error = str(trial.user_attrs.get("error", "see the trial's log"))
+        if self.failed >= self.limit:
+            study.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -76,7 +76,10 @@ class SweepRecipe:
             to the sweep YAML's folder or the working directory.
         study_name: Name of the study and of its folder ``<save_dir>/<study_name>``; defaults to the sweep YAML's
             file name.
-        n_trials: Finished (completed or pruned) trials the study should reach; a rerun runs only the rest.
+        n_trials: Finished (completed or pruned) trials the study should reach; a rerun runs only the rest. A failed
+            trial (e.g. a diverging loss) does not count: another trial replaces it.
+        max_failed_trials: How many failed trials one run of the sweep accepts before it stops with an error
+            (instead of replacing them for ever); default: ``n_trials``, at least 3.
         metric: Logged metric each trial is judged by (its best value over the validation epochs).
         direction: ``maximize`` or ``minimize`` the metric; default: minimize metrics named ``*loss*``, else
             maximize.
@@ -98,6 +101,7 @@ class SweepRecipe:
     recipe: str
     study_name: str | None = None
     n_trials: int = 20
+    max_failed_trials: int | None = None
     metric: str = "val_macro_f1"
     direction: Literal["maximize", "minimize"] | None = None
     search_space: dict[str, SearchParam] = field(default_factory=default_search_space)
@@ -171,6 +175,8 @@ def check_recipe(spec: SweepRecipe) -> None:
     """Everything that can be checked without parsing the training config: one line saying what to fix."""
     if spec.n_trials < 1:
         raise PocketbertError(f"n_trials must be at least 1, got {spec.n_trials}")
+    if spec.max_failed_trials is not None and spec.max_failed_trials < 1:
+        raise PocketbertError(f"max_failed_trials must be at least 1 or null, got {spec.max_failed_trials}")
     name = str(spec.study_name)
     if not name or "/" in name or name.startswith("."):
         raise PocketbertError(f"study_name {name!r} must be a plain folder name (no '/', not starting with '.')")

@@ -84,13 +84,22 @@ def test_budgets_report_each_broken_limit() -> None:
     rows = [
         {"variant": "pytorch_fp32", "size_mb": 40.0, "accuracy_drop_points": 0.0, "p50_ms": 20.0},
         {"variant": "onnx_int8", "size_mb": 11.0, "accuracy_drop_points": 0.8, "p50_ms": 9.0},
-        {"variant": "coreml_w8", "size_mb": 10.5},
+        {"variant": "coreml_w8", "size_mb": 10.5, "note": "size only: Core ML predicts on macOS only"},
     ]
+    # without variants the budgets apply to what was measured (coreml_w8's verdict says "not measured")
     assert check_budgets(rows, Budgets(max_size_mb=50, max_accuracy_drop=1.0, max_p50_ms=25)) == []
     broken = check_budgets(rows, Budgets(max_size_mb=10.8, max_accuracy_drop=0.5, max_p50_ms=10,
                                          variants=["onnx_int8", "coreml_w8"]))
+    # a variant the budgets name must have the figures they limit: an unchecked budget is not a passed one
     assert broken == ["onnx_int8 is 11.0 MB > max_size_mb 10.8",
-                      "onnx_int8 loses 0.80 accuracy points > max_accuracy_drop 0.5"]
+                      "onnx_int8 loses 0.80 accuracy points > max_accuracy_drop 0.5",
+                      "coreml_w8: max_accuracy_drop is set but its accuracy drop was not measured (size only: Core ML "
+                      "predicts on macOS only); remove coreml_w8 from budgets.variants or the budget",
+                      "coreml_w8: max_p50_ms is set but its p50 latency was not measured (size only: Core ML predicts "
+                      "on macOS only); remove coreml_w8 from budgets.variants or the budget"]
+    assert check_budgets(rows, Budgets(max_size_mb=50, variants=["coreml_w8"])) == []  # its size was measured
+    assert check_budgets(rows, Budgets(max_size_mb=50, variants=["onnx_fp32"])) == [
+        "onnx_fp32 is named in budgets.variants but was not exported; add its exporter or remove it from variants"]
 
 
 def test_benchmark_without_exported_models_says_what_to_list(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -50,20 +51,40 @@ def test_metrics_match_hand_computation() -> None:
     assert values["confusion"].tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_tiny_fit_runs_with_finite_loss(vocab_file: Path, tmp_path: Path, precision: str) -> None:
-    """bf16-mixed on CPU is emulated (slow) here: checked for correctness on a tiny model only."""
-    L.seed_everything(0)
-    dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:3], limit_per_class=20,
-                        batch_size=8, cache_dir=tmp_path / "cache")
-    model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY)
-    before = [p.detach().clone() for p in model.parameters()]
-    trainer = L.Trainer(accelerator="cpu", precision=precision, max_epochs=1, logger=False,  # type: ignore[arg-type]
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=dm)
-    assert torch.isfinite(torch.tensor(trainer.callback_metrics["train_loss"].item()))
-    assert 0.0 <= trainer.callback_metrics["val_acc"].item() <= 1.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+class ForwardDtype(L.Callback):
+    """Records the dtype of the model's logits inside the precision plugin's forward context (autocast)."""
+
+    def __init__(self) -> None:
+        self.dtype: torch.dtype | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, torch.Tensor],
+                             batch_idx: int) -> None:
+        if self.dtype is None:
+            with trainer.precision_plugin.forward_context():
+                self.dtype = pl_module(batch["input_ids"], batch["attention_mask"]).dtype
+
+
+def test_bf16_mixed_fit_learns_like_fp32(vocab_file: Path, tmp_path: Path) -> None:
+    """bf16-mixed on CPU is emulated (slow) here: checked for correctness on a tiny model only. It really runs in
+    bf16, learns (3 classes: chance is 0.33 and a loss of ln 3 = 1.10), and ends where fp32 ends."""
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        L.seed_everything(0)
+        dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:3], limit_per_class=60,
+                            batch_size=8, cache_dir=tmp_path / "cache")
+        model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY,
+                               learning_rate=3e-3)
+        dtype = ForwardDtype()
+        options: dict[str, Any] = {"precision": precision}
+        trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[dtype], **options)
+        trainer.fit(model, datamodule=dm)
+        results[precision] = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" not in k}
+        assert dtype.dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
+    for metrics in results.values():  # measured: val_loss 0.603, val_acc 0.630 in both
+        assert metrics["val_loss"] < 0.8 and metrics["val_acc"] > 0.55, results
+    assert results["bf16-mixed"]["val_loss"] == pytest.approx(results["32-true"]["val_loss"], abs=0.02)
+    assert results["bf16-mixed"]["train_loss"] == pytest.approx(results["32-true"]["train_loss"], abs=0.02)
 
 
 def test_checkpoint_rebuilds_the_exportable_model(vocab_file: Path, tmp_path: Path) -> None:

@@ -52,13 +52,19 @@ def test_real_corpora_read(data_dir: Path) -> None:
     assert len(tnews) == 240 and all(e.label.startswith("news_") for e in tnews)
 
 
-def test_thucnews_train_reports_label_conflicts(data_dir: Path) -> None:
+def test_thucnews_reports_its_label_conflicts_and_keeps_the_first_label(data_dir: Path) -> None:
     names = (data_dir / "thucnews/class.txt").read_text("utf-8").split()
-    raw = read_raw(data_dir / "thucnews/train.txt", "thucnews", class_names=names)
-    kept, report = clean(raw, "train.txt", char_separated=False, whitelist=None)
-    assert len(kept) <= len(raw) and sum(report.class_counts.values()) == len(kept)
-    # NFKC can merge titles that differed only in full/half width; conflicts are reported, never silently kept twice
-    assert len({e.text for e in kept}) == len(kept)
+    raw = read_raw(data_dir / "thucnews/test.txt", "thucnews", class_names=names)
+    kept, report = clean(raw, "test.txt", char_separated=False, whitelist=None)
+    # one headline is labelled finance and, further down, stocks: reported, kept once with its first label
+    assert report.conflicts == [("玉米涨价VS玉米油走弱", ["finance", "stocks"])]
+    assert [e.label for e in kept if e.text == "玉米涨价VS玉米油走弱"] == ["finance"]
+    assert (len(raw), report.duplicates_dropped, len(kept)) == (10000, 11, 9989)
+    assert ("1 label conflicts (same text, different labels; first kept): '玉米涨价VS玉米油走弱' -> ['finance', "
+            "'stocks']") in report.summary()
+    train = read_raw(data_dir / "thucnews/train.txt", "thucnews", class_names=names)
+    _, train_report = clean(train, "train.txt", char_separated=False, whitelist=None)
+    assert train_report.conflicts == [] and train_report.duplicates_dropped == 1  # the official train split is clean
 
 
 @pytest.mark.parametrize(

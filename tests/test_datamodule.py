@@ -69,10 +69,33 @@ def test_whitelist_label_without_rows_is_an_error(cache_dir: Path) -> None:
 
 def test_labels_outside_whitelist_in_val_file_are_dropped_and_reported(cache_dir: Path, tmp_path: Path) -> None:
     val = tmp_path / "val.tsv"
-    val.write_text("sports\t足 球\nweather\t下 雨\n", encoding="utf-8")
-    dm = make_nlpcc(cache_dir, val_file=str(val), test_file=str(val), labels=["sports", "weather"])
-    with pytest.raises(PocketbertError, match="weather"):
-        dm.setup("fit")  # 'weather' is whitelisted but the training file has no such rows
+    val.write_text("sports\t足 球 联 赛\nweather\t下 雨\nfinance\t股 市 大 涨\nweather\t刮 风\n", encoding="utf-8")
+    dm = make_nlpcc(cache_dir, val_file=str(val), test_file=str(val), labels=["sports", "finance"])
+    dm.setup("fit")  # unknown_labels: drop (the default)
+    assert dm.texts["val"] == ["足球联赛", "股市大涨"] and dm.true_labels["val"] == ["sports", "finance"]
+    report = dm.cleaned_splits["val"][1]
+    assert report.outside_whitelist == {"weather": 2}
+    assert "val.tsv: read 4, kept 2; dropped 0 empty, 0 duplicates, 2 outside the label list {'weather': 2}" in (
+        report.summary())
+
+
+def test_given_eval_files_report_rows_shared_with_the_training_split(cache_dir: Path, tmp_path: Path) -> None:
+    train = make_nlpcc(cache_dir, labels=["sports", "finance"])
+    train.setup("fit")
+    seen = train.cleaned_splits["train"][0][:3]  # three training headlines, copied into the given eval files
+    val, golden = tmp_path / "val.tsv", tmp_path / "golden.tsv"
+    val.write_text("".join(f"{e.label}\t{' '.join(e.text)}\n" for e in seen) + "sports\t全 新 标 题\n", "utf-8")
+    golden.write_text(f"{seen[0].label}\t{' '.join(seen[0].text)}\nfinance\t另 一 条 新 标 题\n", "utf-8")
+    dm = make_nlpcc(cache_dir, labels=["sports", "finance"], val_file=str(val), test_file=str(val),
+                    golden_test_file=str(golden))
+    dm.setup("fit")
+    assert dm.train_overlap == {"val": 3, "test": 1}
+    assert dm.overlap_summary() == [
+        f"warning: 3 of 4 val rows ({val}) also appear in the training split: their scores measure memory, not "
+        "generalization; remove them from one of the files",
+        f"warning: 1 of 2 test rows ({golden}) also appear in the training split: their scores measure memory, not "
+        "generalization; remove them from one of the files"]
+    assert train.train_overlap == {} and train.overlap_summary() == []  # a stratified split shares no text
 
 
 def rare_corpus(tmp_path: Path) -> Path:
@@ -118,3 +141,32 @@ def test_default_data_dir_is_shared_data_beside_the_repository(cache_dir: Path,
     assert datamodule.DEFAULT_DATA_DIR.is_dir()  # this checkout has ../shared/data beside it, as CI does
     dm = make_nlpcc(cache_dir)
     assert dm.resolved_data_dir == datamodule.DEFAULT_DATA_DIR.resolve()
+
+
+def test_resumable_sampler_shards_an_epoch_for_ddp_and_resumes_each_shard() -> None:
+    """What 2 DDP ranks get: equal-length shards covering the epoch (padded like DistributedSampler), batches still
+    length-grouped, and a resumed epoch skipping the samples this rank trained (the slow DDP test runs it end to
+    end)."""
+    from lightning_modules.datamodule import ResumableSampler
+
+    lengths = torch.randint(3, 60, (203,), generator=torch.Generator().manual_seed(0))
+    ranks = [ResumableSampler(203, 7, lengths, batch_size=4, pool_batches=5, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    shards = [list(sampler) for sampler in ranks]
+    assert [len(shard) for shard in shards] == [len(sampler) for sampler in ranks] == [102, 102]
+    assert set(shards[0]) | set(shards[1]) == set(range(203))  # one row padded in: 204 = 2 x 102
+    one_process = ResumableSampler(203, 7, lengths, batch_size=8, pool_batches=5)
+    one_process.set_epoch(1)
+    assert sorted(shards[0] + shards[1]) == sorted([*one_process, one_process.order()[0]])
+    # step k of both ranks is one length-sorted group of 8: each rank's batch spans few lengths
+    def mean_spread(shard: list[int]) -> float:
+        spans = [int(lengths[shard[i:i + 4]].max() - lengths[shard[i:i + 4]].min()) for i in range(0, 96, 4)]
+        return sum(spans) / len(spans)
+
+    unsorted = ResumableSampler(203, 7, None, batch_size=4, num_replicas=2, rank=0)
+    assert max(mean_spread(shard) for shard in shards) < 0.4 * mean_spread(list(unsorted))  # measured: 9 vs 32
+    resumed = ResumableSampler(203, 7, lengths, batch_size=4, pool_batches=5, num_replicas=2, rank=1)
+    resumed.set_epoch(1)
+    resumed.resume(1, 5 * 4)  # 5 batches of this rank were trained
+    assert list(resumed) == shards[1][20:] and len(resumed) == 102  # Lightning counts the whole epoch's batches

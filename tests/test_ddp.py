@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from lightning_modules import DistillationModule, EncoderSpec, NewsDataModule, TextClassifier, load_exportable
 from tests.conftest import REPO
 from tests.helpers import train_tiny_teacher
+from tests.test_resume import run_metrics, write_recipe
 
 LABELS = ["sports", "finance", "car", "game"]
 DATA_ARGS = {"labels": LABELS, "limit_per_class": 100, "batch_size": 4}
@@ -87,6 +90,10 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
         "--model.init_args.architecture.hidden_size", "64",
         "--model.init_args.architecture.num_heads", "2", "--model.init_args.architecture.intermediate_size", "128",
         "--model.init_args.learning_rate", "3e-3", "--model.init_args.warmup_ratio", "0.1",
+        # random batches: on 280 rows one length-sorted pool spans the whole epoch, and this tiny student then stays
+        # at chance on one process too (0.25; 0.57 with random batches). Under DDP the training sampler used to be
+        # wrapped by Lightning's, which dropped the length grouping; now it keeps it, as one process does.
+        "--data.init_args.length_grouping", "false",
     )
     best = Path(metrics["best_checkpoint"])
     student = DistillationModule.load_from_checkpoint(best, weights_only=True, teacher_checkpoint=None)
@@ -109,3 +116,52 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
     manifest = json.loads((best.parent.parent / "export" / "manifest.json").read_text())
     assert set(manifest["artifacts"]) == {"pytorch_fp32"}
     assert manifest["artifacts"]["pytorch_fp32"]["accuracy"] == pytest.approx(single["test_acc"], abs=1e-6)
+
+
+# 3 classes x 34 rows: 72 training rows (9 steps of 2 x 4 an epoch) and an odd test split of 15 rows
+RESUME_DATA: dict[str, Any] = {"labels": ["sports", "finance", "car"], "limit_per_class": 34, "batch_size": 4}
+
+
+def ddp_recipe(tmp_path: Path, save_dir: Path, kill_at_step: int | None = None) -> Path:
+    """tests/test_resume.py's recipe (a mid-epoch last.ckpt every 3 steps) on 2 gloo processes."""
+    path = write_recipe(tmp_path, save_dir, kill_at_step)
+    config = yaml.safe_load(path.read_text("utf-8"))
+    config["trainer"].update(strategy="ddp", devices=2)
+    config["data"]["init_args"].update(RESUME_DATA)
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_fit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "recipes", "fit", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow  # three 2-process fits: about 2-3 minutes on 2 shared cores
+def test_ddp_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_ddp_run(tmp_path: Path) -> None:
+    """Both ranks die at step 7 (the last checkpoint is step 6, mid-epoch 0); resumed with --ckpt_path last, the run
+    ends with the uninterrupted DDP run's metrics: each rank skips its own shard's trained samples, with its own RNG."""
+    straight = tmp_path / "straight"
+    done = run_fit("--config", str(ddp_recipe(tmp_path, straight)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    crashed = tmp_path / "crashed"
+    killed = run_fit("--config", str(ddp_recipe(tmp_path, crashed, kill_at_step=7)))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = crashed / "news16_cpu" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 6  # 9 steps an epoch
+    resumed = run_fit("--config", str(ddp_recipe(tmp_path, crashed)), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Starting with 2 processes" in resumed.stderr + resumed.stdout
+    assert run_metrics(crashed) == run_metrics(straight)
+
+    # the 15-row test split is evaluated once per row across the ranks (no padded duplicate): the synced metrics
+    # equal one process's over the whole split
+    best = json.loads(next(straight.glob("news16_cpu/version_0/test_metrics.json")).read_text())["best_checkpoint"]
+    data = NewsDataModule(train_file=TRAIN_FILE, cache_dir=tmp_path / "cache", **RESUME_DATA)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    model = TextClassifier.load_from_checkpoint(best, weights_only=True)
+    single = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert len(data.datasets["test"]) == 15
+    metrics = run_metrics(straight)
+    assert metrics["test_acc"] == pytest.approx(single["test_acc"], abs=1e-6)
+    assert metrics["test_macro_f1"] == pytest.approx(single["test_macro_f1"], abs=1e-6)

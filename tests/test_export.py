@@ -234,9 +234,16 @@ def test_personalize_command_replays_the_bundle_head_for_simulated_users(run: di
     # the features path (export graph -> head weights) reproduces the model's accuracy on the golden (test) set
     assert report["golden_accuracy_before"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
     assert len(report["users"]) == 6 and report["golden_examples"] == run["manifest"]["test_examples"]
+    # rejections follow the app's rule: the bundle's golden-check examples against its fp32 reference accuracy
+    check = json.loads((run["export"] / "personalization.json").read_text())["rollback"]["golden_check"]
+    assert report["rollback_rule"] == "bundle golden check"
+    assert report["golden_check_examples"] == len(check["examples"]) == 32  # golden_check_size, not the test split
+    assert report["golden_check_accuracy_before"] == check["accuracy_before"]
     for row in report["users"]:
-        assert 0 <= row["user_accuracy_after"] <= 1 and len(row["interests"]) == 1
-        assert row["rejected"] == (row["forgetting"] > 0.05)
+        assert row["gain"] == pytest.approx(row["user_accuracy_after"] - row["user_accuracy_before"])
+        assert len(row["interests"]) == 1
+        assert row["rejected"] == (row["golden_check_accuracy_after"] < check["accuracy_before"] - 0.05)
+        assert row["rejected_by_test_split"] == (row["forgetting"] > 0.05)
     assert "| gain |" in (out / "report.md").read_text() and "| gain |" in capsys.readouterr().out
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -291,6 +298,20 @@ def test_export_command_rewrites_artifacts_from_the_checkpoint(run: dict[str, An
     rows = json.loads((out / "benchmark.json").read_text())["variants"]
     assert [r["variant"] for r in rows] == ["pytorch_fp32", "baseline"]
     assert rows[0]["accuracy"] == pytest.approx(run["manifest"]["artifacts"]["pytorch_fp32"]["accuracy"])
+
+    # a config listing the same labels in another order: scored by name, the same figures and baseline
+    config["data"]["init_args"]["labels"] = LABELS[::-1]
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["export", "--ckpt", str(checkpoint), "--config", str(config_file), "--out", str(tmp_path / "re")]) == 0
+    reordered = json.loads((tmp_path / "re" / "benchmark.json").read_text())["variants"]
+    assert [r["accuracy"] for r in reordered] == pytest.approx([r["accuracy"] for r in rows])
+    baseline = json.loads((out / "monitoring_baseline.json").read_text())
+    assert json.loads((tmp_path / "re" / "monitoring_baseline.json").read_text()) == baseline
+    # other labels: one line, nothing exported
+    config["data"]["init_args"]["labels"] = ["sports", "finance", "car", "world"]
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True))
+    assert main(["export", "--ckpt", str(checkpoint), "--config", str(config_file), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_command_help_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -21,7 +21,16 @@ from export.monitoring import (
     noise_floor_psi,
     population_stability_index,
 )
-from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update, simulate_users
+from export.personalization import (
+    GoldenCheck,
+    HeadUpdate,
+    UserSimulation,
+    markdown_report,
+    read_head_update,
+    rehearse,
+    replay_update,
+    simulate_users,
+)
 from recipes.__main__ import main
 
 LABELS = ["sports", "finance", "car"]
@@ -138,6 +147,34 @@ def test_rehearsal_reports_gain_forgetting_and_rejections_consistently() -> None
     assert again["summary"] == summary  # seeded: the same users and updates
 
 
+def test_rehearsal_rejects_updates_by_the_bundles_golden_check() -> None:
+    """The app judges an update on personalization.json's few golden-check examples against their fp32 accuracy,
+    not on the whole test split: the rehearsal's rejection rate must be the app's."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 6)) * 1.2
+    labels = rng.integers(0, 4, 1400)
+    features = (centers[labels] + rng.normal(size=(1400, 6))).astype(np.float32)
+    pool_x, pool_y, golden_x, golden_y = features[:600], labels[:600], features[600:], labels[600:]
+    head = HeadUpdate(weight=centers.astype(np.float32), bias=-0.5 * (centers**2).sum(axis=1).astype(np.float32),
+                      labels=list("abcd"), learning_rate=0.1, batch_size=8, epochs=10, shuffle=True)
+    settings = UserSimulation(users=30, feedback=30, later_items=100, interest_classes=1, interest_share=0.9)
+    check_x, check_y = golden_x[:40], golden_y[:40]  # the bundle ships a sample of the test split
+    reference = float(np.mean((check_x @ head.weight.T + head.bias).argmax(axis=1) == check_y))  # fp32, as exported
+    report = rehearse(head, pool_x, pool_y, golden_x, golden_y, settings, max_golden_drop=0.03,
+                      golden_check=GoldenCheck(check_x, check_y, reference))
+    assert report["rollback_rule"] == "bundle golden check" and report["golden_check_examples"] == 40
+    assert report["golden_check_accuracy_before"] == reference
+    for row in report["users"]:
+        assert row["rejected"] == (row["golden_check_accuracy_after"] < reference - 0.03)
+        assert row["rejected_by_test_split"] == (row["forgetting"] > 0.03)
+    disagree = [row for row in report["users"] if row["rejected"] != row["rejected_by_test_split"]]
+    assert disagree  # 40 examples judge differently from 800: the whole-split figure is not what the app sees
+    assert report["updates_rejected"] == pytest.approx(np.mean([row["rejected"] for row in report["users"]]))
+    assert report["updates_rejected"] != report["updates_rejected_by_test_split"]
+    assert "Updates the app rejects (its rollback rule: accuracy on the bundle's 40 golden-check examples" in (
+        markdown_report(report))
+
+
 def test_psi_and_kl_match_hand_computed_values() -> None:
     base, new = np.array([0.5, 0.5]), np.array([0.9, 0.1])
     assert population_stability_index(base, new) == pytest.approx(0.4 * np.log(1.8) + 0.4 * np.log(5), rel=1e-3)
@@ -158,8 +195,22 @@ def test_drift_check_flags_a_shift_and_not_a_resample() -> None:
     assert shifted["status"] == shifted["psi_status"] == "significant" and shifted["psi"] > 0.25
     few = drift_check(baseline, ["c0", "c1", "c2"] * 5)
     assert "sampling noise alone" in few["warning"] and not few["reliable"] and same["reliable"]
-    strict = drift_check(baseline, same_predictions := list(golden[:3000]), DriftThresholds(psi_moderate=0.0))
-    assert strict["psi_status"] in ("moderate", "significant") and len(same_predictions) == 3000
+    # the thresholds decide the status: the resample's own PSI sits just above one moderate threshold, below another
+    resample = rng.choice(5, size=3000, p=[0.3, 0.25, 0.2, 0.15, 0.1]).tolist()
+    psi = drift_check(baseline, resample)["psi"]
+    assert psi > 0  # a resample is never exactly the baseline
+    assert drift_check(baseline, resample, DriftThresholds(psi_moderate=0.9 * psi))["psi_status"] == "moderate"
+    assert drift_check(baseline, resample, DriftThresholds(psi_moderate=1.1 * psi))["psi_status"] == "stable"
+    # the chi-square test: a resample is no significant shift, the shifted sample is (p far below 0.01)
+    assert same["p_value"] > 0.01 and not same["significant"]
+    assert shifted["p_value"] < 1e-10 and shifted["significant"] and shifted["gate"]
+    # news16's shape: 16 classes, 4,800 golden predictions; 200 field predictions all in one class are below the
+    # noise-floor size (320+) yet a certain shift, so they may fail a job
+    news16 = build_baseline(np.repeat(np.arange(16), 300), [f"k{i}" for i in range(16)])
+    one_class = drift_check(news16, [0] * 200)
+    assert not one_class["reliable"] and one_class["status"] == "significant"
+    assert one_class["significant"] and one_class["gate"]
+    assert not drift_check(news16, list(range(16)) * 12)["gate"]  # 192 predictions spread like the baseline
     with pytest.raises(ExportError, match="neither a label name nor a class id"):
         drift_check(baseline, ["c0", "nope"])
 
@@ -177,10 +228,22 @@ def test_drift_command_exit_codes_and_one_line_errors(tmp_path: Path, capsys: py
                  "--fail-on", "moderate", "--json", str(report)]) == 1
     assert "drift: significant" in capsys.readouterr().out
     assert json.loads(report.read_text())["psi"] > 0.25
-    (tmp_path / "few.txt").write_text("a\n" * 20)  # all one class, but 20 predictions are too few to fail a job
-    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "few.txt"),
-                 "--fail-on", "moderate"]) == 0
-    assert "drift: significant (unreliable: too few predictions)" in capsys.readouterr().out
+    # 30 predictions all in one class: too few for PSI's noise floor, but the shift is significant and fails the job
+    (tmp_path / "one_class.txt").write_text("a\n" * 30)
+    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "one_class.txt"),
+                 "--fail-on", "significant", "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "drift: significant (few predictions, but the shift is significant: chi-square p=" in out
+    checked = json.loads(report.read_text())
+    assert not checked["reliable"] and checked["significant"] and checked["p_value"] < 1e-8
+    # 30 predictions whose PSI crosses 0.10 by chance: moderate by the thresholds, not significant: the job passes
+    (tmp_path / "noisy.txt").write_text("\n".join(["a"] * 15 + ["b"] * 8 + ["c"] * 7))
+    assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "noisy.txt"),
+                 "--fail-on", "moderate", "--json", str(report)]) == 0
+    assert ("drift: moderate (unreliable: too few predictions; the shift is not significant: chi-square p=0.1"
+            in capsys.readouterr().out)
+    assert json.loads(report.read_text())["psi"] == pytest.approx(
+        population_stability_index(np.full(3, 1 / 3), np.array([15, 8, 7]) / 30), rel=1e-6)
     (tmp_path / "bad.txt").write_text("a\nzebra\n")
     assert main(["drift", "--baseline", str(tmp_path), "--predictions", str(tmp_path / "bad.txt")]) == 2
     err = capsys.readouterr().err.strip()
@@ -196,3 +259,18 @@ def test_top_level_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> N
     assert info.value.code == 0 and "usage: python -m recipes" in out
     for tool in ("export", "sweep", "personalize", "drift", "fit, validate, test, predict"):
         assert tool in out
+
+
+def test_rehearsal_refuses_a_checkpoint_whose_head_differs_even_only_in_its_bias(tmp_path: Path) -> None:
+    from lightning_modules.checkpoints import ExportableModel
+    from lightning_modules.errors import PocketbertError
+    from recipes.personalize_cmd import check_same_model
+
+    head, shipped = head_from_spec(tmp_path, coreml.UpdatableHead())
+    exportable = ExportableModel(shipped.model, LABELS, [], 16)
+    check_same_model(head, exportable, tmp_path / "best.ckpt")  # the checkpoint the bundle came from
+    with torch.no_grad():
+        shipped.model.classifier.bias[1] += 0.5  # e.g. another epoch's checkpoint: same weight, other bias
+    with pytest.raises(PocketbertError, match=r"the exported head does not match .*best\.ckpt \(labels or classifier "
+                                              r"weights or bias differ\)"):
+        check_same_model(head, exportable, tmp_path / "best.ckpt")

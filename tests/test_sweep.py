@@ -221,8 +221,9 @@ def test_values_reach_the_cli_as_the_same_yaml_values() -> None:
 
 def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path, one_thread: None,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    # lr 1e3 turns the loss into NaN within a few steps: that trial is FAILED with the reason, the next one runs
-    config = write_sweep(tmp_path, n_trials=2, pruner={"kind": "none"},
+    # lr 1e3 turns the loss into NaN within a few steps: that trial is FAILED with the reason and does not count
+    # toward n_trials, so a next one runs in its place
+    config = write_sweep(tmp_path, n_trials=1, pruner={"kind": "none"},
                          search_space={LR: {"low": 1e-3, "high": 1e3, "log": True}},
                          enqueue=[{LR: 1e3}, {LR: 3e-3}],
                          overrides={**TINY_OVERRIDES, "trainer.max_epochs": 1,
@@ -235,6 +236,20 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path, one_thread:
     assert "study tiny_sweep: 2 trials (1 complete, 1 fail)" in out
     assert "importance plot: skipped, it needs 2 completed trials (1 so far)" in out
     assert (tmp_path / "tb_logs" / "tiny_sweep" / "best.yaml").is_file()
+
+
+def test_sweep_whose_trials_keep_failing_stops_with_one_line(tmp_path: Path, one_thread: None,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_sweep(tmp_path, n_trials=2, max_failed_trials=2, pruner={"kind": "none"},
+                         search_space={LR: {"low": 1e2, "high": 1e3, "log": True}},
+                         enqueue=[{LR: 1e3}, {LR: 999.0}],  # both diverge
+                         overrides={**TINY_OVERRIDES, "trainer.max_epochs": 1,
+                                    "data.init_args.cache_dir": str(tmp_path / "cache")})
+    assert main(["sweep", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: sweep tiny_sweep stopped after 2 failed trials with 0 of 2 finished (last failure: "
+                          "the loss became nan") and err.endswith("raise max_failed_trials, then rerun to continue")
+    assert [trial.state for trial in load_study(tmp_path).get_trials()] == [TrialState.FAIL] * 2
 
 
 def test_metric_that_is_not_logged_stops_the_sweep(tmp_path: Path, one_thread: None,
