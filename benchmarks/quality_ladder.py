@@ -14,7 +14,8 @@ benchmark measures what ships), tested on the same test split; seeds change the 
 
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_ladder.py --data news16 --seeds 42 --final-seeds 43
 
-``--final-seeds`` adds seeds to the last two rungs only (the ones that decide what ships).
+``--final-seeds`` adds seeds to the last two rungs only (the ones that decide what ships). A rerun into the same
+``--out`` reuses every finished run whose config is unchanged, so seeds can be added later.
 
 Prints a Markdown table (mean and every seed) and writes JSON to ``benchmarks/results/quality_<data>.json``.
 """
@@ -64,7 +65,12 @@ def run(config: dict[str, Any], name: str, seed: int, out: Path) -> Path:
     config["trainer"]["logger"]["init_args"].update(save_dir=str(out / "tb_logs"), name=f"{name}_seed{seed}")
     path = out / "configs" / f"{name}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    text = yaml.safe_dump(config, sort_keys=False)
+    finished = out / "tb_logs" / f"{name}_seed{seed}" / "latest"
+    if path.exists() and path.read_text("utf-8") == text and (finished / "test_metrics.json").exists():
+        print(f"  {name} seed {seed}: reused {finished} (same config)", flush=True)  # a rerun adds seeds cheaply
+        return finished
+    path.write_text(text, "utf-8")
     start = time.perf_counter()
     log = out / "logs" / f"{name}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
