@@ -141,7 +141,7 @@ class PocketbertCLI(LightningCLI):
                 raise PocketbertError(f"--ckpt_path last: no checkpoints/last.ckpt under {runs}/*; run fit first "
                                       "(with a ModelCheckpoint that has save_last: true) or give a checkpoint path")
             config["ckpt_path"] = str(candidates[-1])
-            print(f"resuming from {candidates[-1]}", flush=True)
+            print(f"{'resuming from' if self.subcommand == 'fit' else 'checkpoint:'} {candidates[-1]}", flush=True)
         elif ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
             read_checkpoint(ckpt_path)  # one-line error for a missing, truncated or corrupted file
 

@@ -41,8 +41,8 @@ class LatestRun(L.Callback):
             self._point(trainer, require_checkpoint=False)
 
     def _point(self, trainer: L.Trainer, require_checkpoint: bool) -> None:
-        run_dir = _run_dir(trainer)
-        if run_dir is None or not trainer.is_global_zero:
+        run_dir = _run_dir(trainer) if trainer.is_global_zero else None
+        if run_dir is None:
             return
         checkpoint = trainer.checkpoint_callback
         best = str(getattr(checkpoint, "best_model_path", "") or "") if checkpoint is not None else ""

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import point_latest, resolve_run_path
 from recipes.__main__ import main
 from recipes.run_columns import VOCABULARY, run_columns
@@ -155,3 +156,24 @@ def test_latest_names_the_run_once_it_has_a_best_checkpoint(tmp_path: Path) -> N
     assert (runs / "latest").read_text() == "version_2\n"
     assert resolve_run_path(runs / "latest" / "best.ckpt").resolve().is_file()
     assert sorted(scanned_runs(tmp_path / "tb_logs")) == [f"news16_cpu/version_{i}" for i in range(3)]
+
+
+def test_latest_replaces_the_old_link_tensorboard_scanned_twice(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = tmp_path / "tb_logs" / "news16_cpu"
+    for version in ("version_0", "version_1"):
+        with SummaryWriter(str(runs / version)) as writer:
+            writer.add_scalar("val_macro_f1", 0.5, 1)
+    (runs / "latest").symlink_to("version_0")  # what older versions left: TensorBoard's scan follows it
+    assert sorted(scanned_runs(tmp_path / "tb_logs")) == ["news16_cpu/latest", "news16_cpu/version_0",
+                                                          "news16_cpu/version_1"]
+    point_latest(runs / "version_1")
+    assert not (runs / "latest").is_symlink() and (runs / "latest").read_text() == "version_1\n"
+    assert sorted(scanned_runs(tmp_path / "tb_logs")) == ["news16_cpu/version_0", "news16_cpu/version_1"]
+    assert resolve_run_path(runs / "latest" / "best.ckpt") == runs / "version_1" / "best.ckpt"
+    assert resolve_run_path(runs / "version_0" / "latest.txt") == runs / "version_0" / "latest.txt"
+    (runs / "latest").write_text("../../elsewhere\n")
+    with pytest.raises(PocketbertError, match=r"latest should hold the name of a run folder \(e\.g\. version_3\), "
+                                              r"found '\.\./\.\./elsewhere'; delete it and rerun fit"):
+        resolve_run_path(runs / "latest" / "best.ckpt")
