@@ -32,13 +32,14 @@ from export.personalization import pooled_features, predict, read_head_update  #
 from lightning_modules.checkpoints import load_exportable  # noqa: E402
 from recipes.export_cmd import instantiate, read_config  # noqa: E402
 from recipes.personalize_cmd import split_examples  # noqa: E402
+from recipes.tool_parser import run_path  # noqa: E402
 
 SURGE = ("sports", "finance", "entertainment")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=REPO / "tb_logs" / "news16_distill_cpu" / "latest")
+    parser.add_argument("--run", type=run_path, default=str(REPO / "tb_logs" / "news16_distill_cpu" / "latest"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "drift_news16.json")
     args = parser.parse_args()

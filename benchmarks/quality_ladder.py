@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from export.baseline import baseline_row  # noqa: E402
 from lightning_modules import NewsDataModule  # noqa: E402
+from lightning_modules.runs import resolve_run_path  # noqa: E402
 
 RECIPES = REPO / "recipes"
 EXPORT_CALLBACKS = "callbacks."
@@ -80,7 +81,7 @@ def run(config: dict[str, Any], name: str, seed: int, out: Path) -> Path:
     if done.returncode != 0:
         raise SystemExit(f"{name} (seed {seed}) failed; see {log}")
     print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    return out / "tb_logs" / f"{name}_seed{seed}" / "latest"
+    return resolve_run_path(out / "tb_logs" / f"{name}_seed{seed}" / "latest")  # the run folder `latest` names
 
 
 def test_accuracy(run_dir: Path) -> float:

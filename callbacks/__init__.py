@@ -1,9 +1,10 @@
 """Thin Lightning callbacks: fit start (pre-flight) and fit end (exports, benchmark), predict output, console
-output; logic lives in export/."""
+output, the TensorBoard HParams row; logic lives in export/."""
 
 from callbacks.app_assets import AppAssets
 from callbacks.coreml_export import CoreMLExport
 from callbacks.export_benchmark import ExportBenchmark
+from callbacks.hparams_table import HParamsTable
 from callbacks.onnx_export import OnnxExport
 from callbacks.parameter_summary import ParameterSummary
 from callbacks.prediction_writer import PredictionWriter
@@ -11,5 +12,5 @@ from callbacks.progress_lines import ProgressLines
 from callbacks.pytorch_export import PyTorchExport
 from callbacks.terminal_progress_bar import TerminalProgressBar
 
-__all__ = ["AppAssets", "CoreMLExport", "ExportBenchmark", "OnnxExport", "ParameterSummary", "PredictionWriter",
-           "ProgressLines", "PyTorchExport", "TerminalProgressBar"]
+__all__ = ["AppAssets", "CoreMLExport", "ExportBenchmark", "HParamsTable", "OnnxExport", "ParameterSummary",
+           "PredictionWriter", "ProgressLines", "PyTorchExport", "TerminalProgressBar"]

@@ -16,7 +16,9 @@ from export.inference import prediction_records, write_predictions
 
 
 class PredictionWriter(BasePredictionWriter):
-    """After ``predict``, write ``<run dir>/predictions/predictions.csv`` (or ``.jsonl``) and say where.
+    """After ``predict``, write ``<run dir>/predictions/predictions.csv`` (or ``.jsonl``; ``<name>.csv`` for the
+    DataModule's ``predict_file`` ``<name>.txt``) and say where. ``python -m recipes predict`` runs in the folder of
+    its checkpoint's run (``--ckpt_path``), so that is the run dir.
 
     Rows follow the predicted split (the DataModule's ``predict_file`` if set, else its test split): ``index``
     (position in the split), ``text`` (normalized, as the model read it), ``predicted``, ``confidence``, ``label``
@@ -25,7 +27,7 @@ class PredictionWriter(BasePredictionWriter):
     recipe lists none. Under DDP each rank writes its share to ``predictions.rank<N>.<format>``.
 
     Args:
-        output_dir: Folder of the file; default ``<run dir>/predictions`` (the predict run's log dir).
+        output_dir: Folder of the file; default ``<run dir>/predictions`` (the checkpoint's run folder).
         format: ``csv`` or ``jsonl``.
         top_k: Labels listed per row, most likely first (capped at the number of labels).
     """
@@ -56,6 +58,9 @@ class PredictionWriter(BasePredictionWriter):
                                      all_probabilities=True)
         folder = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
         shard = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        path = folder / f"predictions{shard}.{self.format}"
+        # predictions of the test split, or of predict_file: several inputs share the checkpoint's run folder
+        predict_file = getattr(datamodule, "predict_file", None) if split != "test" else None
+        stem = Path(str(predict_file)).stem if predict_file else "predictions"
+        path = folder / f"{stem}{shard}.{self.format}"
         write_predictions(path, records)
         print(f"predict: wrote {len(records):,} predictions of the {split} split to {path}", flush=True)

@@ -229,7 +229,8 @@ def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
 
 
 def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets) -> list[dict[str, Any]]:
-    """``benchmark.json``/``benchmark.md``, TensorBoard scalars, a printed table; raises when a budget breaks."""
+    """``benchmark.json``/``benchmark.md``, the table in TensorBoard's TEXT tab, a printed table; raises when a budget
+    breaks."""
     num_labels = len(ctx.shipped.label_names)
     rows = run_benchmark(ctx.export_dir, ctx.eval_set, num_labels, ctx.shipped.num_parameters, timing)
     if ctx.train_texts and len(ctx.texts) == len(ctx.eval_set):
@@ -238,11 +239,7 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
     broken = check_budgets(rows, budgets)
     text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, budgets)
     if ctx.writer is not None:
-        for row in rows:
-            for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement",
-                        "lead_over_baseline_points"):
-                if key in row:
-                    ctx.writer.add_scalar(f"export/{row['variant']}/{key}", float(row[key]), ctx.step)
+        # the table only: one scalar card per variant and figure (about 30 single points) swamped TIME SERIES
         ctx.writer.add_text("export/benchmark", text, ctx.step)
     print(f"\nexport benchmark ({ctx.export_dir / 'benchmark.md'}):\n{text}\n", flush=True)
     if broken:

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 import export.ngram_bert  # noqa: F401  (registers the ngram_bert model type)
 from lightning_modules.encoders import EncoderSpec
 from lightning_modules.errors import PocketbertError
+from lightning_modules.runs import resolve_run_path
 
 # Plain data types our checkpoints hold in their hyperparameters; allow-listed so that every load (ours and
 # Lightning's own, e.g. resuming with --ckpt_path) can use weights_only=True instead of full unpickling.
@@ -29,7 +30,7 @@ torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with a one-line error for missing, truncated or foreign files."""
-    path = Path(path)
+    path = resolve_run_path(path)
     if not path.is_file():
         raise PocketbertError(f"checkpoint not found: {path}")
     try:

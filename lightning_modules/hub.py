@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
 from lightning_modules.errors import PocketbertError
+from lightning_modules.runs import resolve_run_path
 
 # The bert-base-chinese WordPiece vocabulary ships inside the package (a tokenizer asset, 110 KB), so a data dir needs
 # no copy of it. Recipes name it PACKAGED_VOCAB_NAME; the older relative name vocab/bert-base-chinese-vocab.txt (from
@@ -116,8 +117,9 @@ def packaged_vocab(spec: str | Path) -> Path | None:
 
 def resolve_pretrained(name_or_path: str) -> tuple[str, bool]:
     """``(name_or_path, local_files_only)`` for ``from_pretrained``, raising fast if the hub is needed but offline."""
-    if Path(name_or_path).is_dir():
-        return name_or_path, True
+    local = resolve_run_path(name_or_path)  # tb_logs/<name>/latest/pretrained: the folder of the run it names
+    if local.is_dir():
+        return str(local), True
     # a hub name is "name" or "org/name"; anything longer, or starting like a path, is a local folder
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise PocketbertError(f"pretrained model folder {name_or_path} not found: run {run_hint(Path(name_or_path))} "

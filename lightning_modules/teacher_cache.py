@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import WORDPIECE_CLASSES, run_hint, vocab_tokens, wordpiece_tokenizer
+from lightning_modules.runs import resolve_run_path
 from lightning_modules.token_cache import (
     TokenizedTexts,
     atomic_torch_save,
@@ -46,6 +47,7 @@ class Teacher:
 
 def load_teacher(path: Path) -> Teacher:
     """Load a teacher from a pocketbert checkpoint (``weights_only``), frozen and in eval mode."""
+    path = resolve_run_path(path)  # the run a `latest` pointer names: the checkpoint records the real path
     if not path.is_file():
         raise PocketbertError(f"teacher checkpoint {path} not found: train the teacher first ({run_hint(path)})"
                               ", or set model.init_args.teacher_checkpoint")

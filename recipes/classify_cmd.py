@@ -19,7 +19,7 @@ from export.evaluation import accuracy_and_macro_f1
 from export.inference import BATCH_SIZE, VARIANTS, Bundle, classify, load_bundle, prediction_records, write_predictions
 from lightning_modules.corpus import read_texts
 from lightning_modules.errors import PocketbertError
-from recipes.tool_parser import ToolParser
+from recipes.tool_parser import ToolParser, run_path
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PROGRESS_SECONDS = 10.0  # when stderr is not a terminal: a progress line this often
@@ -29,14 +29,14 @@ def build_parser() -> ToolParser:
     parser = ToolParser(prog="python -m recipes classify",
                         description="Classify texts with an exported model as an app runs it (the bundle's vocab.txt, "
                                     "normalization and model file) and write the predictions as CSV or JSON lines.")
-    parser.add_argument("--run", required=True, type=Path,
+    parser.add_argument("--run", required=True, type=run_path,
                         help="a run folder with export/ (e.g. tb_logs/news16_distill_cpu/latest) or the export folder")
-    parser.add_argument("--input", required=True, type=Path,
+    parser.add_argument("--input", required=True, type=run_path,
                         help=".txt (one text a line), or .csv/.tsv/.jsonl with a text column (a label column, if "
                              "present, is passed through and scored)")
     parser.add_argument("--variant", choices=VARIANTS,
                         help="model file to run (default: the variant benchmark.json marks as shipped)")
-    parser.add_argument("--output", type=Path,
+    parser.add_argument("--output", type=run_path,
                         help="predictions file, .csv or .jsonl (default: RUN/classify/<input name>.<variant>.csv)")
     parser.add_argument("--top_k", "--top-k", type=int, default=1, help="also list the K most likely labels")
     parser.add_argument("--text_column", "--text-column", default="text", help="text column/key (default: text)")

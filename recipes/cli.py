@@ -12,11 +12,15 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks import HParamsTable
 from export.files import write_text
 from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.errors import PocketbertError
+from lightning_modules.runs import resolve_run_path, run_dir_of_checkpoint
 from recipes import RECIPES_DIR
 from recipes.console import configure_trainer, export_summary, quiet_third_party
+from recipes.latest_run import LatestRun
+from recipes.run_columns import VOCABULARY, run_columns
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -36,6 +40,8 @@ def resolve_config_names(argv: list[str]) -> list[str]:
 def recipe_path(value: str) -> str:
     if Path(value).exists() or value.lstrip().startswith(("{", "[")):
         return value
+    if resolve_run_path(value).exists():  # tb_logs/<name>/latest/config.yaml
+        return str(resolve_run_path(value))
     for candidate in (RECIPES_DIR / value, RECIPES_DIR / f"{value}.yaml"):
         if candidate.is_file():
             return str(candidate)
@@ -75,29 +81,40 @@ class PocketbertCLI(LightningCLI):
         # Progress bar or progress lines (stdout a terminal or a file), the summary, predict's writer: see console.py.
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         configure_trainer(config["trainer"], self.subcommand, interactive=sys.stdout.isatty())
+        if self.subcommand in (None, "fit"):
+            raw = self.config[self.subcommand] if self.subcommand else self.config
+            # first: `latest` moves before the fit-end exporters run (one may fail)
+            config["trainer"]["callbacks"][:0] = [LatestRun(), HParamsTable(run_columns(raw), VOCABULARY)]
+        else:
+            self._log_beside_checkpoint(config)
         return super().instantiate_trainer(**kwargs)
+
+    def _log_beside_checkpoint(self, config: Any) -> None:
+        """``validate``/``test``/``predict`` make no TensorBoard run of their own (an empty ``version_N`` would show
+        up as a run) and write nothing into the checkpoint's run but their files: its figures stay the fit's, its
+        config.yaml the one that reruns it. Lightning prints their metrics; predictions land in the checkpoint's run
+        folder (or beside a checkpoint kept elsewhere)."""
+        self._resolve_ckpt_path(config["trainer"].get("logger"))  # `last` is looked up in the recipe's logger dir
+        config["trainer"]["logger"] = False
+        self.save_config_callback = None
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            config["trainer"]["default_root_dir"] = str(run_dir_of_checkpoint(ckpt_path) or Path(ckpt_path).parent)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters while parsing: check the file first, so a truncated
         # or corrupted one gives one line instead of a zip-reader traceback.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
+            ckpt_path = self.config[subcommand]["ckpt_path"] = str(resolve_run_path(ckpt_path))  # .../latest/...
         if ckpt_path and Path(ckpt_path).is_file():
             read_checkpoint(ckpt_path)
         super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         self._check_run_dir_writable()
-        self._resolve_ckpt_path()
-
-    def before_validate(self) -> None:
-        self._resolve_ckpt_path()
-
-    def before_test(self) -> None:
-        self._resolve_ckpt_path()
-
-    def before_predict(self) -> None:
-        self._resolve_ckpt_path()
+        self._resolve_ckpt_path(self.trainer.logger)
 
     def _check_run_dir_writable(self) -> None:
         save_dir = Path(getattr(self.trainer.logger, "save_dir", None) or self.trainer.default_root_dir)
@@ -109,7 +126,7 @@ class PocketbertCLI(LightningCLI):
             raise PocketbertError(f"cannot write run output to {save_dir} ({err.strerror}); pass "
                                   "--trainer.logger.init_args.save_dir DIR with a writable folder") from None
 
-    def _resolve_ckpt_path(self) -> None:
+    def _resolve_ckpt_path(self, logger: Any) -> None:
         """``--ckpt_path last`` means the newest ``last.ckpt`` of this recipe's earlier runs (a resumed run logs to a
         new version dir, where Lightning itself would find nothing); any file path is checked before use."""
         config = self.config_init[self.subcommand]
@@ -118,14 +135,13 @@ class PocketbertCLI(LightningCLI):
             config["weights_only"] = True
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            logger = self.trainer.logger
             runs = Path(getattr(logger, "save_dir", None) or ".") / str(getattr(logger, "name", "") or "")
             candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
             if not candidates:
                 raise PocketbertError(f"--ckpt_path last: no checkpoints/last.ckpt under {runs}/*; run fit first "
                                       "(with a ModelCheckpoint that has save_last: true) or give a checkpoint path")
             config["ckpt_path"] = str(candidates[-1])
-            print(f"resuming from {candidates[-1]}", flush=True)
+            print(f"{'resuming from' if self.subcommand == 'fit' else 'checkpoint:'} {candidates[-1]}", flush=True)
         elif ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
             read_checkpoint(ckpt_path)  # one-line error for a missing, truncated or corrupted file
 
@@ -139,28 +155,12 @@ class PocketbertCLI(LightningCLI):
         print_summary(run_dir, dict(results[0]) if results else {}, best)
 
 
-def link_latest(run_dir: Path, best_checkpoint: str) -> None:
-    """``<run dir>/best.ckpt`` -> the best checkpoint and ``tb_logs/<name>/latest`` -> this run, so a later recipe
-    (a student distilled from this teacher) can name ``tb_logs/<name>/latest/best.ckpt``."""
-    if best_checkpoint:
-        replace_symlink(run_dir / "best.ckpt", Path(best_checkpoint).resolve())
-    replace_symlink(run_dir.parent / "latest", Path(run_dir.name))
-
-
-def replace_symlink(link: Path, target: Path) -> None:
-    tmp = link.with_name(f".{link.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    tmp.replace(link)  # atomic: readers see the old link or the new one, never none
-
-
 @rank_zero_only
 def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) -> None:
     """Write ``test_metrics.json`` into the run dir and print the numbers and where the files went."""
     scalars = {k: float(v) for k, v in metrics.items() if "/" not in k}
     scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
     write_text(run_dir / "test_metrics.json", json.dumps(scalars, indent=2) + "\n")
-    link_latest(run_dir, best_checkpoint)
     if "test_acc" in metrics:
         figures = f"test accuracy {metrics['test_acc']:.4f}   macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}"
     else:  # e.g. pretraining: held-out masked-LM loss and accuracy

@@ -21,8 +21,9 @@ from export.files import write_text
 from lightning_modules.corpus import Example
 from lightning_modules.datamodule import SPLITS
 from lightning_modules.errors import PocketbertError
+from lightning_modules.runs import resolve_run_path
 from recipes.export_cmd import instantiate, read_config
-from recipes.tool_parser import ToolParser
+from recipes.tool_parser import ToolParser, run_path
 
 COLUMNS = ("text", "label", "original")
 
@@ -32,14 +33,14 @@ def build_parser() -> ToolParser:
                         description="Print a recipe's data cleaning report and write its train/val/test splits "
                                     "(text as the model saw it, label, original text).")
     parser.add_argument("--config", required=True, help="a recipe name (news16_cpu.yaml) or a run's config.yaml")
-    parser.add_argument("--out", type=Path, help="output folder (default: RUN/data for a run's config.yaml, else "
+    parser.add_argument("--out", type=run_path, help="output folder (default: RUN/data for a run's config.yaml, else "
                         "data_splits/<recipe name>)")
     parser.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="split file format (default: tsv)")
     return parser
 
 
 def default_out(config: str) -> Path:
-    path = Path(config)
+    path = resolve_run_path(config)
     if path.name == "config.yaml" and (path.parent / "hparams.yaml").is_file():
         return path.parent / "data"
     return Path("data_splits") / Path(config).stem

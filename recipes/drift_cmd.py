@@ -17,6 +17,7 @@ from typing import Any
 from export.files import write_json
 from export.monitoring import SEVERITY, DriftThresholds, drift_check
 from lightning_modules.errors import PocketbertError
+from recipes.tool_parser import run_path
 
 BASELINE = "monitoring_baseline.json"
 COLUMNS = ("prediction", "predicted", "label")
@@ -27,12 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m recipes drift",
         description="Population stability index and KL divergence between new predictions and the export bundle's "
                     "baseline (golden-set predicted-class distribution).")
-    parser.add_argument("--baseline", required=True, type=Path,
+    parser.add_argument("--baseline", required=True, type=run_path,
                         help=f"a run folder, its export/ folder, or a {BASELINE} file")
-    parser.add_argument("--predictions", required=True, type=Path,
+    parser.add_argument("--predictions", required=True, type=run_path,
                         help="predicted labels (names or class ids): .txt one per line, .json list, or .csv/.jsonl "
                              f"with a {'/'.join(COLUMNS)} column (what classify and predict write)")
-    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--json", type=run_path, help="also write the report here")
     parser.add_argument("--fail-on", choices=["never", "moderate", "significant"], default="never",
                         help="exit with status 1 at this drift level or worse, when the check is reliable (enough "
                         "predictions) or, on fewer predictions, the shift is significant (chi-square p < 0.01; "

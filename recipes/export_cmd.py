@@ -22,7 +22,9 @@ from callbacks.context import eval_set, train_split
 from export import ExportContext, ShippedModel, read_manifest, start_manifest
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
+from lightning_modules.runs import run_dir_of_checkpoint
 from recipes.cli import recipe_path
+from recipes.tool_parser import run_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m recipes export",
         description="Quantize, export (PyTorch, ONNX, Core ML + updatable head, app assets) and benchmark a "
                     "trained checkpoint without training, exactly as the fit-end export callbacks do.")
-    parser.add_argument("--ckpt", required=True, type=Path, help="a pocketbert checkpoint (e.g. <run dir>/best.ckpt)")
+    parser.add_argument("--ckpt", required=True, type=run_path,
+                        help="a pocketbert checkpoint (e.g. <run dir>/best.ckpt)")
     parser.add_argument("--config", help="recipe or run config.yaml whose data: section gives the test set and whose "
                         "trainer.callbacks list the exporters (default: config.yaml of the checkpoint's run)")
-    parser.add_argument("--out", type=Path, help="export folder (default: <run dir>/export, or beside the checkpoint)")
+    parser.add_argument("--out", type=run_path,
+                        help="export folder (default: <run dir>/export, or beside the checkpoint)")
     return parser
-
-
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run folder (holding config.yaml) of ``<run>/best.ckpt`` or ``<run>/checkpoints/*.ckpt``."""
-    for folder in (checkpoint.parent, checkpoint.parent.parent, checkpoint.resolve().parent.parent):
-        if (folder / "config.yaml").is_file():
-            return folder
-    return None
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     checkpoint: Path = args.ckpt
     exportable = load_exportable(checkpoint)
-    run_dir = run_dir_of(checkpoint)
+    run_dir = run_dir_of_checkpoint(checkpoint)
     config_path = args.config or (str(run_dir / "config.yaml") if run_dir else None)
     if config_path is None:
         raise PocketbertError(f"no config.yaml beside {checkpoint}; pass --config RECIPE.yaml for its data: section")

@@ -35,6 +35,7 @@ from export.personalization import (
 from lightning_modules.checkpoints import ExportableModel, load_exportable
 from lightning_modules.errors import PocketbertError
 from recipes.export_cmd import instantiate, read_config
+from recipes.tool_parser import run_path
 
 DEFAULTS = UserSimulation()
 
@@ -45,12 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay the Core ML updatable head's on-device update (MLUpdateTask) in PyTorch for simulated "
                     "users and report per-user accuracy before/after, forgetting on the golden set, and which updates "
                     "to reject.")
-    parser.add_argument("--run", required=True, type=Path, help="a run folder with export/ (e.g. "
+    parser.add_argument("--run", required=True, type=run_path, help="a run folder with export/ (e.g. "
                         "tb_logs/news16_distill_cpu/latest)")
-    parser.add_argument("--ckpt", type=Path, help="checkpoint the bundle was exported from (default: the "
+    parser.add_argument("--ckpt", type=run_path, help="checkpoint the bundle was exported from (default: the "
                         "manifest's source_checkpoint, else RUN/best.ckpt)")
     parser.add_argument("--config", help="config whose data: section gives the splits (default: RUN/config.yaml)")
-    parser.add_argument("--out", type=Path, help="report folder (default: RUN/personalization)")
+    parser.add_argument("--out", type=run_path, help="report folder (default: RUN/personalization)")
     parser.add_argument("--users", type=int, default=DEFAULTS.users, help="simulated users (default: %(default)s)")
     parser.add_argument("--feedback", type=int, default=DEFAULTS.feedback,
                         help="labelled items per user that train the head (default: %(default)s)")

@@ -16,6 +16,7 @@ import yaml
 
 from export.files import write_json, write_text
 from lightning_modules.errors import PocketbertError
+from recipes.tool_parser import run_path
 
 COLUMNS = [("model", "model"), ("accuracy", "test acc"), ("macro_f1", "macro-F1"), ("size_mb", "size MB"),
            ("p50_ms", "p50 ms"), ("lead", "vs baseline (pts)")]
@@ -25,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipes summary",
                                      description="One table of a pipeline's runs: pretraining, teacher(s), student and "
                                                  "every exported variant, beside the linear baseline.")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders in pipeline order (e.g. tb_logs/NAME/latest)")
-    parser.add_argument("--out", type=Path, help="write the table to OUT.md and OUT.json")
+    parser.add_argument("runs", nargs="+", type=run_path,
+                        help="run folders in pipeline order (e.g. tb_logs/NAME/latest)")
+    parser.add_argument("--out", type=run_path, help="write the table to OUT.md and OUT.json")
     return parser
 
 

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
+from callbacks import HParamsTable
 from lightning_modules.errors import PocketbertError
 from recipes.cli import PocketbertCLI
 from recipes.sweep_config import SweepRecipe, training_args
@@ -66,7 +67,13 @@ class TrialCLI(PocketbertCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.extend(self.extra_callbacks)  # type: ignore[attr-defined]  # set by Lightning's connector
+        for table in hparams_tables(trainer):
+            table.defer = True  # the trial's row is written when it ends, with its state (log_trial_hparams)
         return trainer
+
+
+def hparams_tables(trainer: L.Trainer) -> list[HParamsTable]:
+    return [callback for callback in getattr(trainer, "callbacks", []) if isinstance(callback, HParamsTable)]
 
 
 def best_of(values: list[float], direction: str) -> float:
@@ -114,9 +121,12 @@ def objective(spec: SweepRecipe, trial: optuna.Trial) -> float:
 
 
 def log_trial_hparams(recorder: TrialRecorder, values: dict[str, Any], metric: str, score: float, state: str) -> None:
-    """The trial's values with its score, as TensorBoard's HParams plugin reads them (one session per trial)."""
-    logger = recorder.trainer.logger if recorder.trainer is not None else None
-    if not isinstance(logger, TensorBoardLogger) or math.isnan(score):
+    """The trial's row in TensorBoard's HParams tab (one session per trial): the run's columns, the searched values
+    under their config keys, the trial's state, and its score as ``hp/<metric>``."""
+    trainer = recorder.trainer
+    if trainer is None or not isinstance(trainer.logger, TensorBoardLogger) or math.isnan(score):
         return
-    logger.log_hyperparams({**values, "trial_state": state}, {f"hp/{metric}": score})
-    logger.experiment.flush()
+    trainer.logger.log_metrics({f"hp/{metric}": score}, step=trainer.global_step)
+    for table in hparams_tables(trainer):
+        table.write_session(trainer, extra_columns={**values, "trial_state": state}, extra_metrics=[f"hp/{metric}"])
+    trainer.logger.experiment.flush()

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 from typing_extensions import override
 
-from lightning_modules import EncoderSpec, NewsDataModule, TextClassifier
+from lightning_modules import EncoderSpec, NewsDataModule, PocketbertError, TextClassifier
 
 # CLI overrides that make news16_cpu.yaml's teacher small enough for tests on a 4-class, 300-per-class slice.
 SMALL_TEACHER_ARGS = [
@@ -53,3 +53,11 @@ def train_tiny_teacher(path: Path, spec: EncoderSpec, *, labels: list[str], limi
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(path)
     return path
+
+
+class FailAtFitEnd(L.Callback):
+    """Fails at fit end, as a fit-end export that breaks would (after the best checkpoint was saved)."""
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise PocketbertError("fit-end step failed on purpose (tests.helpers.FailAtFitEnd)")

@@ -111,7 +111,7 @@ def test_predict_writes_the_test_split_predictions(export_run: dict[str, Any], s
               "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
               "--data.init_args.cache_dir", str(export_run["root"] / "cache")]
     assert main(["predict", *common]) == 0
-    path = tmp_path / "tb" / "export_tiny" / "version_0" / "predictions" / "predictions.csv"
+    path = export_run["run_dir"] / "predictions" / "predictions.csv"  # beside the checkpoint, in its run
     examples = export_run["manifest"]["test_examples"]
     assert f"predict: wrote {examples} predictions of the test split to {path}" in capsys.readouterr().out
     rows = read_csv(path)
@@ -129,7 +129,8 @@ def test_predict_writes_the_test_split_predictions(export_run: dict[str, Any], s
     new = tmp_path / "new.txt"
     new.write_text("国足战胜对手晋级\n\n央行宣布降准，股市大涨\n", encoding="utf-8")
     assert main(["predict", *common, "--data.init_args.predict_file", str(new)]) == 0
-    path = tmp_path / "tb" / "export_tiny" / "version_1" / "predictions" / "predictions.csv"
+    path = export_run["run_dir"] / "predictions" / "new.csv"
+    assert not (tmp_path / "tb").exists()  # no TensorBoard run of its own
     assert f"predict: wrote 2 predictions of the predict split to {path}" in capsys.readouterr().out
     assert [(row["text"], row["label"]) for row in read_csv(path)] == [("国足战胜对手晋级", ""),
                                                                        ("央行宣布降准,股市大涨", "")]  # NFKC

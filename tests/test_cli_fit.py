@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from export.files import write_text
+from lightning_modules.runs import resolve_run_path
 from recipes.__main__ import main
 from tests.conftest import NEWS16, REPO
 from tests.helpers import SMALL_TEACHER_ARGS
@@ -39,7 +40,7 @@ def test_cli_fit_on_real_slice_beats_chance(tmp_path: Path) -> None:
     assert metrics["test_acc"] > 0.6, metrics
     assert metrics["test_macro_f1"] > 0.55, metrics
     assert Path(metrics["best_checkpoint"]).is_file()
-    latest_best = tmp_path / "tb_logs" / "news16_cpu" / "latest" / "best.ckpt"
+    latest_best = resolve_run_path(tmp_path / "tb_logs" / "news16_cpu" / "latest" / "best.ckpt")
     assert latest_best.resolve() == Path(metrics["best_checkpoint"]).resolve()
     assert (run_dir / "config.yaml").is_file() and list(run_dir.glob("events.out.tfevents.*"))
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lightning_modules import DistillationModule, load_exportable
+from lightning_modules.runs import resolve_run_path
 from recipes.__main__ import main
 from tests.conftest import NEWS16, REPO
 
@@ -37,8 +38,8 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     assert main(["fit", "--config", "news16_pretrain_cpu.yaml", *TINY, *slice_args(tmp_path),
                  "--trainer.max_epochs", "1", "--data.init_args.task.init_args.labels", labels,
                  "--data.init_args.task.init_args.limit_per_class", "60"]) == 0
-    pretrained = tmp_path / "tb_logs" / "news16_pretrain_cpu" / "latest" / "pretrained"
-    report = json.loads((pretrained / "pretraining.json").read_text())
+    pretrained = tmp_path / "tb_logs" / "news16_pretrain_cpu" / "latest" / "pretrained"  # read through `latest`
+    report = json.loads((resolve_run_path(pretrained) / "pretraining.json").read_text())
     assert report["text"]["overlap_with_task_heldout"] == 0 and report["text"]["task_heldout_texts"] == 54
     # the shipped recipe, with budgets a tiny model on 3 classes can meet (it trails the linear baseline)
     recipe = (REPO / "recipes" / "news16_distill_cpu.yaml").read_text("utf-8")
@@ -48,7 +49,8 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
                  "--model.init_args.pretrained", str(pretrained), "--model.init_args.learning_rate", "3e-3",
                  "--data.init_args.labels", labels, "--data.init_args.limit_per_class", "60",
                  "--data.init_args.batch_size", "16"]) == 0, capsys.readouterr().err[-2000:]
-    run = tmp_path / "tb_logs" / "news16_distill_cpu" / "latest"
+    run = resolve_run_path(tmp_path / "tb_logs" / "news16_distill_cpu" / "latest")
+    assert run.name == "version_0"
     best = run / "best.ckpt"
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["test_acc"] > 0.5 and Path(metrics["best_checkpoint"]).resolve() == best.resolve()  # 3 classes
@@ -75,7 +77,8 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     with torch.no_grad():
         assert torch.allclose(student.eval()(ids, torch.ones_like(ids)), exportable.model(input_ids=ids).logits)
     capsys.readouterr()
-    assert main(["summary", str(pretrained.parent), str(run), "--out", str(tmp_path / "summary")]) == 0
+    assert main(["summary", str(pretrained.parent), str(tmp_path / "tb_logs" / "news16_distill_cpu" / "latest"),
+                 "--out", str(tmp_path / "summary")]) == 0
     table = capsys.readouterr().out
     assert "news16_pretrain_cpu (pretraining: test_mlm_loss" in table
     assert f"| news16_distill_cpu onnx_int8 (shipped) | {rows['onnx_int8']['accuracy']:.4f} |" in table
