@@ -67,10 +67,12 @@ def run(config: dict[str, Any], name: str, seed: int, out: Path) -> Path:
     path = out / "configs" / f"{name}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config, sort_keys=False)
-    finished = out / "tb_logs" / f"{name}_seed{seed}" / "latest"
-    if path.exists() and path.read_text("utf-8") == text and (finished / "test_metrics.json").exists():
-        print(f"  {name} seed {seed}: reused {finished} (same config)", flush=True)  # a rerun adds seeds cheaply
-        return finished
+    pointer = out / "tb_logs" / f"{name}_seed{seed}" / "latest"
+    if path.exists() and path.read_text("utf-8") == text and pointer.exists():
+        finished = resolve_run_path(pointer)
+        if (finished / "test_metrics.json").exists():  # a rerun adds seeds cheaply
+            print(f"  {name} seed {seed}: reused {finished} (same config)", flush=True)
+            return finished
     path.write_text(text, "utf-8")
     start = time.perf_counter()
     log = out / "logs" / f"{name}_seed{seed}.log"
