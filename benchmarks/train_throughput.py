@@ -64,11 +64,10 @@ from recipes.cli import PocketbertCLI  # noqa: E402
 # CLI overrides per model. bert_4x256: the news16 teacher (a plain BERT, [CLS] pooling, batch 32).
 MODELS: dict[str, list[str]] = {
     "recipe": [],
-    "bert_4x256": [
-        "--model.init_args.architecture.num_layers", "4", "--model.init_args.architecture.hidden_size", "256",
-        "--model.init_args.architecture.num_heads", "4", "--model.init_args.architecture.intermediate_size", "1024",
-        "--model.init_args.architecture.ngram_orders", "null", "--model.init_args.architecture.pooling", "cls",
-        "--model.init_args.architecture.ngram_bag", "false", "--data.init_args.batch_size", "32",
+    "bert_4x256": [  # one JSON value: a dotted `ngram_orders null` does not parse as None
+        "--model.init_args.architecture", '{"num_layers": 4, "hidden_size": 256, "num_heads": 4, '
+        '"intermediate_size": 1024, "ngram_orders": null, "pooling": "cls", "ngram_bag": false}',
+        "--data.init_args.batch_size", "32",
     ],
 }
 VARIANTS = ("fit", "plain", "plain_adamw_loop", "plain_random", "plain_fixed")
