@@ -13,6 +13,7 @@ from export.files import MANIFEST, read_manifest, start_manifest
 from export.graph import ClassifierGraph, ShippedModel, check_exportable
 from export.monitoring import DriftThresholds, build_baseline, drift_check
 from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update
+from export.profile import ProfileSettings
 from export.steps import preflight, write_app_assets, write_benchmark, write_coreml, write_onnx, write_pytorch
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ExportError",
     "HeadUpdate",
     "Precision",
+    "ProfileSettings",
     "ScalarWriter",
     "ShippedModel",
     "TimingSettings",

@@ -36,9 +36,11 @@ from export.evaluation import (
     predict_all,
     torch_predictor,
 )
-from export.files import record, write_json
+from export.files import read_manifest, record, write_json
 from export.graph import ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
+from export.profile import ProfileSettings, write_profile
+from export.profile import markdown as profile_markdown
 from export.torch_export import load_torchscript, quantize_int8, save_pytorch, save_torchscript
 
 
@@ -226,8 +228,10 @@ def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
     return {"vocab_tokenizer_matches_test_ids": same / count, "checked_texts": count}
 
 
-def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets) -> list[dict[str, Any]]:
-    """``benchmark.json``/``benchmark.md``, TensorBoard scalars, a printed table; raises when a budget breaks."""
+def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets,
+                    profile: ProfileSettings | None = None) -> list[dict[str, Any]]:
+    """``benchmark.json``/``benchmark.md``, TensorBoard scalars, a printed table, and with ``profile`` the per-layer
+    ``profile.json``/``profile.md``; raises when a budget breaks (after every report is written)."""
     num_labels = len(ctx.shipped.label_names)
     rows = run_benchmark(ctx.export_dir, ctx.eval_set, num_labels, ctx.shipped.num_parameters, timing)
     if ctx.train_texts and len(ctx.texts) == len(ctx.eval_set):
@@ -235,6 +239,8 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
                                                num_labels))
     broken = check_budgets(rows, budgets)
     text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, budgets)
+    if profile is not None:
+        write_layer_profile(ctx, profile)
     if ctx.writer is not None:
         for row in rows:
             for key in ("size_mb", "p50_ms", "p95_ms", "throughput_per_s", "accuracy", "macro_f1", "agreement",
@@ -247,6 +253,20 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
         raise ExportError(f"export budget broken: {'; '.join(broken)} (see {ctx.export_dir / 'benchmark.md'}; "
                           "shrink the model or relax ExportBenchmark's budgets)")
     return rows
+
+
+def write_layer_profile(ctx: ExportContext, settings: ProfileSettings) -> dict[str, Any]:
+    """``profile.json``/``profile.md``: time by layer kind of PyTorch fp32 and of the exported ONNX files (INT8 first),
+    printed and logged to TensorBoard as text."""
+    artifacts = read_manifest(ctx.export_dir)["artifacts"]
+    onnx_files = {name: ctx.export_dir / artifacts[name]["path"] for name in ("onnx_int8", "onnx_fp32")
+                  if name in artifacts}
+    report = write_profile(ctx.export_dir, ctx.shipped, ctx.eval_set, settings, onnx_files)
+    verdicts = [f"{p['variant']} @{p['length']} tokens: {p['dominant']}" for p in report["profiles"]]
+    if ctx.writer is not None:
+        ctx.writer.add_text("export/profile", profile_markdown(report), ctx.step)
+    print(f"per-layer profile ({ctx.export_dir / 'profile.md'}): dominant kind {'; '.join(verdicts)}", flush=True)
+    return report
 
 
 def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settings: Any) -> None:

@@ -34,6 +34,7 @@ TINY_MOBILEBERT = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, interme
     (lambda: CoreMLExport(updatable_head=UpdatableHead(learning_rate=0.0)), "updatable_head needs learning_rate > 0"),
     (lambda: ExportBenchmark(repeats=0), "repeats >= 1"),
     (lambda: ExportBenchmark(budgets=Budgets(max_size_mb=-1)), "budgets.max_size_mb must be 0 or more"),
+    (lambda: ExportBenchmark(profile_lengths=[2, 32]), r"profile_lengths must list lengths of at least 3, got \[2"),
     (lambda: AppAssets(golden_texts=["ok", " "]), "empty sentence"),
 ])
 def test_bad_arguments_fail_in_init_with_one_line(make: object, message: str) -> None:
