@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import coreml, monitoring, personalization
+from export import coreml, monitoring, personalization, shapes
 from export.assets import (
     EDGE_CASES,
     NORMALIZATION,
@@ -37,7 +37,7 @@ from export.evaluation import (
     torch_predictor,
 )
 from export.files import read_manifest, record, write_json
-from export.graph import ShippedModel, load_hf_dir
+from export.graph import MIN_SEQUENCE, ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
 from export.profile import ProfileSettings, write_profile
 from export.profile import markdown as profile_markdown
@@ -84,27 +84,49 @@ def write_onnx(ctx: ExportContext, opset: int = 18, int8: bool = True, min_agree
                quantization="onnxruntime dynamic int8, per-channel weights", **_figures(ctx, logits))
 
 
-def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
-                 target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
-                 quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
-    """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``."""
+def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes.Auto | None,
+                 flexible_min: int | None, target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits,
+                 precision: coreml.Precision, quantize_8bit: bool, head: coreml.UpdatableHead | None,
+                 parity_examples: int, enumerated: list[int] | shapes.Auto | None = None) -> None:
+    """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``.
+
+    Input length: ``sequence_length`` (the model's max length when None; ``auto``: from the training data), a
+    ``RangeDim`` from ``flexible_min`` up to it, or ``enumerated`` lengths (``auto``: from the training data); see
+    :mod:`export.shapes`."""
     with coreml.scratch_space():
-        _write_coreml(ctx, name=name, sequence_length=sequence_length, flexible_min=flexible_min, target=target,
+        lengths, chosen_from = None, None
+        if "auto" in (sequence_length, enumerated):
+            lengths, source = shapes.training_lengths(ctx.tokenizer, ctx.train_texts, ctx.shipped.max_length,
+                                                      ctx.eval_set)
+            chosen_from = shapes.length_stats(lengths, source)
+        length, chosen = shapes.resolve(sequence_length, enumerated, ctx.shipped.max_length, lengths)
+        kind = "enumerated" if chosen and len(chosen) > 1 else "range" if flexible_min is not None else "fixed"
+        input_lengths: dict[str, Any] = {"kind": kind, "lengths": chosen or [length], "chosen_from": chosen_from}
+        if kind != "range":
+            input_lengths["test_routing"] = shapes.routing(ctx.eval_set, chosen or [length])
+        _write_coreml(ctx, name=name, sequence_length=length, flexible_min=flexible_min, target=target,
                       compute_units=compute_units, precision=precision, quantize_8bit=quantize_8bit, head=head,
-                      parity_examples=parity_examples)
+                      parity_examples=parity_examples, enumerated=chosen, input_lengths=input_lengths)
 
 
 def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
                   target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
-                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
+                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int,
+                  enumerated: list[int] | None, input_lengths: dict[str, Any]) -> None:
     shipped, out = ctx.shipped, ctx.export_dir
     settings = dict(sequence_length=sequence_length, flexible_min=flexible_min, target=target,
-                    compute_units=compute_units, precision=precision)
+                    compute_units=compute_units, precision=precision, enumerated=enumerated)
     meta = coreml.metadata(shipped, tokenizer_settings(ctx.tokenizer, shipped.max_length))
     mlmodel, program = coreml.convert(shipped, metadata=meta, **settings)  # type: ignore[arg-type]
     graph = _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, sequence_length, parity_examples),
                             "the Core ML export graph")
-    common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics"}
+    common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics",
+              "input_lengths": input_lengths}
+    if enumerated and len(enumerated) > 1:  # every enumerated length is a shape the app may run: check each
+        common["graph_parity_by_length"] = {
+            str(length): _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, length, parity_examples,
+                                                             fitting_first=True),
+                                         f"the Core ML export graph at {length} tokens") for length in enumerated}
     path = out / f"{name}.mlpackage"
     coreml.save(mlmodel, path)
     record(out, "coreml", "coreml", path, spec=_io(path), **common)
@@ -297,6 +319,12 @@ def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settin
 
 def _preflight_coreml(shipped: ShippedModel, eval_set: EvalSet, out: Path, **coreml_settings: Any) -> None:
     head: coreml.UpdatableHead | None = coreml_settings.pop("head")
+    # no training data yet: an `auto` length converts as the max length, `auto` enumerated lengths as two of them
+    sequence_length, enumerated = coreml_settings.get("sequence_length"), coreml_settings.get("enumerated")
+    coreml_settings["sequence_length"], coreml_settings["enumerated"] = shapes.resolve(
+        None if sequence_length == "auto" else sequence_length,
+        [max(MIN_SEQUENCE, shipped.max_length // 2), shipped.max_length] if enumerated == "auto" else enumerated,
+        shipped.max_length, None)
     mlmodel, program = coreml.convert(shipped, metadata={}, **coreml_settings)
     figures = coreml.graph_parity(program, shipped, eval_set, coreml_settings["sequence_length"], 2)
     if figures["max_abs_logit_diff"] > 1e-3:
