@@ -49,6 +49,9 @@ class CoreMLExport(Callback):
         compute_units: Where Core ML may run the models.
         compute_precision: Precision of the ML Program's weights and activations.
         quantize_8bit: Also write the 8-bit weight-quantized model.
+        sparse_weights: Also write ``<name>Sparse.mlpackage``: weights that are zero (a model trained with
+            ``MagnitudePruning``) stored as a bit mask plus the non-zero values, so pruning shrinks the app's file;
+            on iOS18/macOS15 with ``quantize_8bit`` also ``<name>Sparse8Bit.mlpackage`` (sparse + int8).
         personalizable: Also write the updatable pipeline (and its encoder and head).
         updatable_head: On-device training settings and rollback rule of the updatable head (default: SGD lr 0.003,
             batch 8, 10 epochs; reject an update that costs more than 2 points of golden accuracy).
@@ -59,8 +62,8 @@ class CoreMLExport(Callback):
     def __init__(self, name: str = "PocketBert", sequence_length: int | Literal["auto"] | None = None,
                  flexible_min_length: int | None = None, enumerated_lengths: list[int] | Literal["auto"] | None = None,
                  minimum_deployment_target: DeploymentTarget = "iOS17", compute_units: ComputeUnits = "ALL",
-                 compute_precision: Precision = "float16", quantize_8bit: bool = True, personalizable: bool = True,
-                 updatable_head: UpdatableHead | None = None, parity_examples: int = 128,
+                 compute_precision: Precision = "float16", quantize_8bit: bool = True, sparse_weights: bool = False,
+                 personalizable: bool = True, updatable_head: UpdatableHead | None = None, parity_examples: int = 128,
                  preflight: bool = True) -> None:
         if not name.isidentifier():
             raise ExportError(f"CoreMLExport name must be a Swift-style identifier such as PocketBert, got {name!r}")
@@ -81,6 +84,7 @@ class CoreMLExport(Callback):
         self.enumerated = enumerated_lengths
         self.target, self.compute_units, self.precision = minimum_deployment_target, compute_units, compute_precision
         self.quantize_8bit, self.parity_examples, self.preflight = quantize_8bit, parity_examples, preflight
+        self.sparse = sparse_weights
 
     @staticmethod
     def _check_enumerated(lengths: list[int] | str, sequence_length: object, flexible_min: int | None,
@@ -121,7 +125,7 @@ class CoreMLExport(Callback):
             self.export(export_context(trainer, pl_module))
 
     def export(self, context: ExportContext) -> None:
-        write_coreml(context, name=self.name, quantize_8bit=self.quantize_8bit,
+        write_coreml(context, name=self.name, quantize_8bit=self.quantize_8bit, sparse=self.sparse,
                      head=self.head if self.personalizable else None,
                      parity_examples=self.parity_examples,
                      **self.settings(context.shipped.max_length))  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from export.graph import MIN_SEQUENCE, ClassifierGraph, ShippedModel, prepare
 DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"]
 ComputeUnits = Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 Precision = Literal["float16", "float32"]
+IOS18_TARGETS = ("iOS18", "macOS15")  # several enumerated inputs; sparse + int8 (joint) weight compression
 
 
 @dataclass
@@ -206,15 +207,29 @@ def metadata(shipped: ShippedModel, tokenizer_settings: dict[str, Any]) -> dict[
             "max_length": str(shipped.max_length), "source_checkpoint": shipped.source}
 
 
-def quantize_weights_8bit(mlmodel: Any) -> Any:
-    """``linear_quantize_weights``: int8 symmetric per-channel weights (dequantized at load or on the fly)."""
+def quantize_weights_8bit(mlmodel: Any, joint_compression: bool = False) -> Any:
+    """``linear_quantize_weights``: int8 symmetric per-channel weights (dequantized at load or on the fly); with
+    ``joint_compression`` a sparse model's non-zero values become int8 and stay sparse (iOS18)."""
     _coremltools()
     import coremltools.optimize as cto
 
     config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype="int8", granularity="per_channel"))
     with _quiet():
-        return cto.coreml.linear_quantize_weights(mlmodel, config)
+        return cto.coreml.linear_quantize_weights(mlmodel, config, joint_compression=joint_compression)
+
+
+def sparse_weights(mlmodel: Any, minimum_sparsity: float = 0.1) -> Any:
+    """``prune_weights`` with a zero threshold: weights that are already zero (a pruned model) are stored as a bit
+    mask plus the non-zero values (``constexpr_sparse_to_dense``) wherever at least ``minimum_sparsity`` of a tensor
+    is zero; nothing else changes, so the maths is the dense model's."""
+    _coremltools()
+    import coremltools.optimize as cto
+
+    config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpThresholdPrunerConfig(
+        threshold=1e-12, minimum_sparsity_percentile=minimum_sparsity, weight_threshold=2048))
+    with _quiet():
+        return cto.coreml.prune_weights(mlmodel, config)
 
 
 def simulate_8bit_weights(model: torch.nn.Module, weight_threshold: int = 2048) -> torch.nn.Module:
@@ -305,6 +320,13 @@ def load_spec(path: Path) -> Any:
     ct = _coremltools()
     with _quiet():
         return ct.utils.load_spec(str(path))
+
+
+def count_ops(path: Path, op_type: str) -> int:
+    """How many ``op_type`` operations the saved ML Program's main function holds."""
+    spec = load_spec(path)
+    return sum(op.type == op_type for block in spec.mlProgram.functions["main"].block_specializations.values()
+               for op in block.operations)
 
 
 def describe(spec: Any) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from export.coreml import IOS18_TARGETS
 from export.errors import ExportError
 from export.evaluation import EvalSet
 from export.graph import MIN_SEQUENCE
 
 Auto = Literal["auto"]
-ENUMERATED_TARGETS = ("iOS18", "macOS15")  # Core ML accepts several enumerated inputs from these on
+ENUMERATED_TARGETS = IOS18_TARGETS  # Core ML accepts several enumerated inputs from these on
 FIXED_COVERAGE = 0.999
 MAX_ENUMERATED = 128  # Core ML's limit on enumerated shapes
 

@@ -41,6 +41,7 @@ from export.graph import MIN_SEQUENCE, ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
 from export.profile import ProfileSettings, write_profile
 from export.profile import markdown as profile_markdown
+from export.pruning import sparsity_report
 from export.torch_export import load_torchscript, quantize_int8, save_pytorch, save_torchscript
 
 
@@ -87,7 +88,8 @@ def write_onnx(ctx: ExportContext, opset: int = 18, int8: bool = True, min_agree
 def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes.Auto | None,
                  flexible_min: int | None, target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits,
                  precision: coreml.Precision, quantize_8bit: bool, head: coreml.UpdatableHead | None,
-                 parity_examples: int, enumerated: list[int] | shapes.Auto | None = None) -> None:
+                 parity_examples: int, enumerated: list[int] | shapes.Auto | None = None,
+                 sparse: bool = False) -> None:
     """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``.
 
     Input length: ``sequence_length`` (the model's max length when None; ``auto``: from the training data), a
@@ -106,13 +108,14 @@ def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes
             input_lengths["test_routing"] = shapes.routing(ctx.eval_set, chosen or [length])
         _write_coreml(ctx, name=name, sequence_length=length, flexible_min=flexible_min, target=target,
                       compute_units=compute_units, precision=precision, quantize_8bit=quantize_8bit, head=head,
-                      parity_examples=parity_examples, enumerated=chosen, input_lengths=input_lengths)
+                      parity_examples=parity_examples, enumerated=chosen, input_lengths=input_lengths,
+                      sparse=sparse)
 
 
 def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
                   target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
                   quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int,
-                  enumerated: list[int] | None, input_lengths: dict[str, Any]) -> None:
+                  enumerated: list[int] | None, input_lengths: dict[str, Any], sparse: bool = False) -> None:
     shipped, out = ctx.shipped, ctx.export_dir
     settings = dict(sequence_length=sequence_length, flexible_min=flexible_min, target=target,
                     compute_units=compute_units, precision=precision, enumerated=enumerated)
@@ -138,8 +141,32 @@ def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexib
                quantization="linear symmetric int8 weights, per output channel",
                simulated_in_pytorch=_figures(ctx, predict_all(hf_predictor(simulated), ctx.eval_set)),
                checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
+    if sparse:
+        write_sparse(ctx, name, mlmodel, settings, joint_8bit=quantize_8bit and target in coreml.IOS18_TARGETS)
     if head is not None:
         write_personalizable(ctx, name, settings, meta, head, parity_examples)
+
+
+def write_sparse(ctx: ExportContext, name: str, mlmodel: Any, settings: dict[str, Any], joint_8bit: bool) -> None:
+    """``<name>Sparse.mlpackage`` (fp16, zeros stored as a bit mask) and, on iOS18, ``<name>Sparse8Bit.mlpackage``
+    (int8 non-zero values): the size a pruned model reaches in the app."""
+    out = ctx.export_dir
+    figures = sparsity_report(ctx.shipped.model)
+    zeros = {key: figures[key] for key in ("prunable_sparsity", "model_sparsity")}
+    sparse = coreml.sparse_weights(mlmodel)
+    path = out / f"{name}Sparse.mlpackage"
+    coreml.save(sparse, path)
+    record(out, "coreml_sparse", "coreml", path, spec=_io(path), **settings, **zeros,
+           sparse_ops=coreml.count_ops(path, "constexpr_sparse_to_dense"),
+           checked_on_linux="spec, I/O, sparse weight ops; the same numerics as the dense model (zeros stay zeros)")
+    if joint_8bit:
+        path = out / f"{name}Sparse8Bit.mlpackage"
+        coreml.save(coreml.quantize_weights_8bit(sparse, joint_compression=True), path)
+        simulated = coreml.simulate_8bit_weights(ctx.shipped.model)
+        record(out, "coreml_sparse_w8", "coreml", path, spec=_io(path), **settings, **zeros,
+               quantization="sparse + linear symmetric int8 weights (joint compression)",
+               simulated_in_pytorch=_figures(ctx, predict_all(hf_predictor(simulated), ctx.eval_set)),
+               checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
 
 
 def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any], meta: dict[str, str],
