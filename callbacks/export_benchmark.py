@@ -7,7 +7,15 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from callbacks.context import export_context
-from export import Budgets, ExportContext, ExportError, TimingSettings, read_manifest, write_benchmark
+from export import (
+    Budgets,
+    ExportContext,
+    ExportError,
+    ProfileSettings,
+    TimingSettings,
+    read_manifest,
+    write_benchmark,
+)
 
 RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx", "coreml")
 
@@ -17,8 +25,10 @@ class ExportBenchmark(Callback):
 
     Per variant: file size, parameters, CPU latency p50/p95 at batch 1, throughput at batch 32, test accuracy,
     macro-F1 and agreement with PyTorch fp32 (Core ML: size only on Linux). Writes ``benchmark.json`` and
-    ``benchmark.md``, logs the figures to TensorBoard under ``export/`` and prints the table. A broken budget fails
-    the run with a one-line error after the reports are written.
+    ``benchmark.md``, logs the figures to TensorBoard under ``export/`` and prints the table. With ``profile``, also
+    ``profile.json``/``profile.md``: time by layer kind (embeddings, attention, FFN, pooler + classifier) of PyTorch
+    fp32 (``torch.profiler``) and of the ONNX files (ONNX Runtime's node profile) at each of ``profile_lengths``, and
+    which kind dominates. A broken budget fails the run with a one-line error after the reports are written.
 
     Args:
         threads: CPU threads for every runtime (fixed, so variants compare fairly).
@@ -27,15 +37,22 @@ class ExportBenchmark(Callback):
         repeats: Timed calls (latency) and timed batches (throughput).
         throughput_batch: Rows per throughput batch (real test rows padded to the batch's longest).
         budgets: Limits on size (MB), accuracy drop (points vs PyTorch fp32) and p50 latency (ms).
+        profile: Also write the per-layer profile (same threads, warm-up and repeats as the timing).
+        profile_lengths: Batch-1 input lengths the profile runs at (those above the model's max length are skipped).
     """
 
     def __init__(self, threads: int = 1, latency_length: int | None = None, warmup: int = 5, repeats: int = 30,
-                 throughput_batch: int = 32, budgets: Budgets | None = None) -> None:
+                 throughput_batch: int = 32, budgets: Budgets | None = None, profile: bool = True,
+                 profile_lengths: list[int] | None = None) -> None:
         if threads < 1 or warmup < 0 or repeats < 1 or throughput_batch < 1:
             raise ExportError("ExportBenchmark needs threads >= 1, warmup >= 0, repeats >= 1 and throughput_batch >= 1")
         if latency_length is not None and latency_length < 3:
             raise ExportError(f"ExportBenchmark latency_length must be at least 3, got {latency_length}")
+        if profile_lengths is not None and (not profile_lengths or min(profile_lengths) < 3):
+            raise ExportError(f"ExportBenchmark profile_lengths must list lengths of at least 3, got {profile_lengths}")
         self.budgets = budgets or Budgets()
+        self.profile = ProfileSettings(lengths=list(profile_lengths or [32, 128]), warmup=warmup, repeats=repeats,
+                                       threads=threads) if profile else None
         for field in ("max_size_mb", "max_accuracy_drop", "max_p50_ms"):
             value = getattr(self.budgets, field)
             if value is not None and value < 0:
@@ -60,4 +77,4 @@ class ExportBenchmark(Callback):
         timing = TimingSettings(threads=self.threads, latency_length=min(self.latency_length or 10**9,
                                                                          context.shipped.max_length),
                                 warmup=self.warmup, repeats=self.repeats, throughput_batch=self.throughput_batch)
-        write_benchmark(context, timing, self.budgets)
+        write_benchmark(context, timing, self.budgets, self.profile)

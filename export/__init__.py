@@ -13,9 +13,12 @@ from export.files import MANIFEST, read_manifest, start_manifest
 from export.graph import ClassifierGraph, ShippedModel, check_exportable
 from export.monitoring import DriftThresholds, build_baseline, drift_check
 from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update
+from export.profile import ProfileSettings
+from export.shapes import ENUMERATED_TARGETS
 from export.steps import preflight, write_app_assets, write_benchmark, write_coreml, write_onnx, write_pytorch
 
 __all__ = [
+    "ENUMERATED_TARGETS",
     "MANIFEST",
     "Budgets",
     "ClassifierGraph",
@@ -27,6 +30,7 @@ __all__ = [
     "ExportError",
     "HeadUpdate",
     "Precision",
+    "ProfileSettings",
     "ScalarWriter",
     "ShippedModel",
     "TimingSettings",

@@ -41,6 +41,7 @@ from export.graph import MIN_SEQUENCE, ClassifierGraph, ShippedModel, prepare
 DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"]
 ComputeUnits = Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 Precision = Literal["float16", "float32"]
+IOS18_TARGETS = ("iOS18", "macOS15")  # several enumerated inputs; sparse + int8 (joint) weight compression
 
 
 @dataclass
@@ -147,14 +148,18 @@ def _coremltools() -> Any:
 
 
 def exported_program(shipped: ShippedModel, sequence_length: int, flexible_min: int | None = None,
-                     output: Literal["logits", "features"] = "logits") -> torch.export.ExportedProgram:
-    """The ATen-dialect program handed to ``ct.convert`` (int32 inputs, batch 1); also checked numerically."""
+                     output: Literal["logits", "features"] = "logits",
+                     enumerated: list[int] | None = None) -> torch.export.ExportedProgram:
+    """The ATen-dialect program handed to ``ct.convert`` (int32 inputs, batch 1); also checked numerically.
+
+    With ``flexible_min`` or ``enumerated`` lengths the sequence axis is dynamic (up to ``sequence_length``)."""
     graph = ClassifierGraph(prepare(shipped.model), output=output, squeeze_batch=output == "features").eval()
     example = (torch.full((1, sequence_length), 100, dtype=torch.int32),
                torch.ones((1, sequence_length), dtype=torch.int32))
     dynamic = None
-    if flexible_min is not None:
-        seq = torch.export.Dim("seq", min=max(MIN_SEQUENCE, flexible_min), max=sequence_length)
+    shortest = min(enumerated) if enumerated else flexible_min
+    if shortest is not None and shortest < sequence_length:
+        seq = torch.export.Dim("seq", min=max(MIN_SEQUENCE, shortest), max=sequence_length)
         dynamic = ({1: seq}, {1: seq})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -163,15 +168,21 @@ def exported_program(shipped: ShippedModel, sequence_length: int, flexible_min: 
 
 def convert(shipped: ShippedModel, *, sequence_length: int, flexible_min: int | None, target: DeploymentTarget,
             compute_units: ComputeUnits, precision: Precision, metadata: dict[str, str],
-            output: Literal["logits", "features"] = "logits") -> tuple[Any, torch.export.ExportedProgram]:
-    """The ML Program (an ``MLModel``) and the exported program it was converted from."""
+            output: Literal["logits", "features"] = "logits",
+            enumerated: list[int] | None = None) -> tuple[Any, torch.export.ExportedProgram]:
+    """The ML Program (an ``MLModel``) and the exported program it was converted from.
+
+    Input shape: ``(1, sequence_length)``, or ``(1, RangeDim(flexible_min..sequence_length))``, or
+    ``EnumeratedShapes`` of ``(1, length)`` for each ``enumerated`` length (the largest is the default)."""
     ct = _coremltools()
-    program = exported_program(shipped, sequence_length, flexible_min, output)
-    length: Any = sequence_length
-    if flexible_min is not None:
-        length = ct.RangeDim(lower_bound=max(MIN_SEQUENCE, flexible_min), upper_bound=sequence_length,
-                             default=sequence_length)
-    inputs = [ct.TensorType(name=name, shape=(1, length), dtype=np.int32) for name in ("input_ids", "attention_mask")]
+    program = exported_program(shipped, sequence_length, flexible_min, output, enumerated)
+    shape: Any = (1, sequence_length)
+    if enumerated and len(enumerated) > 1:
+        shape = ct.EnumeratedShapes(shapes=[(1, length) for length in enumerated], default=(1, sequence_length))
+    elif flexible_min is not None:
+        shape = (1, ct.RangeDim(lower_bound=max(MIN_SEQUENCE, flexible_min), upper_bound=sequence_length,
+                                default=sequence_length))
+    inputs = [ct.TensorType(name=name, shape=shape, dtype=np.int32) for name in ("input_ids", "attention_mask")]
     with _quiet():
         try:
             # fp32 outputs: the updatable head takes fp32 features, and Swift reads Float logits.
@@ -196,15 +207,29 @@ def metadata(shipped: ShippedModel, tokenizer_settings: dict[str, Any]) -> dict[
             "max_length": str(shipped.max_length), "source_checkpoint": shipped.source}
 
 
-def quantize_weights_8bit(mlmodel: Any) -> Any:
-    """``linear_quantize_weights``: int8 symmetric per-channel weights (dequantized at load or on the fly)."""
+def quantize_weights_8bit(mlmodel: Any, joint_compression: bool = False) -> Any:
+    """``linear_quantize_weights``: int8 symmetric per-channel weights (dequantized at load or on the fly); with
+    ``joint_compression`` a sparse model's non-zero values become int8 and stay sparse (iOS18)."""
     _coremltools()
     import coremltools.optimize as cto
 
     config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype="int8", granularity="per_channel"))
     with _quiet():
-        return cto.coreml.linear_quantize_weights(mlmodel, config)
+        return cto.coreml.linear_quantize_weights(mlmodel, config, joint_compression=joint_compression)
+
+
+def sparse_weights(mlmodel: Any, minimum_sparsity: float = 0.1) -> Any:
+    """``prune_weights`` with a zero threshold: weights that are already zero (a pruned model) are stored as a bit
+    mask plus the non-zero values (``constexpr_sparse_to_dense``) wherever at least ``minimum_sparsity`` of a tensor
+    is zero; nothing else changes, so the maths is the dense model's."""
+    _coremltools()
+    import coremltools.optimize as cto
+
+    config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpThresholdPrunerConfig(
+        threshold=1e-12, minimum_sparsity_percentile=minimum_sparsity, weight_threshold=2048))
+    with _quiet():
+        return cto.coreml.prune_weights(mlmodel, config)
 
 
 def simulate_8bit_weights(model: torch.nn.Module, weight_threshold: int = 2048) -> torch.nn.Module:
@@ -226,17 +251,22 @@ def save(mlmodel: Any, path: Path) -> None:
 
 
 def graph_parity(program: torch.export.ExportedProgram, shipped: ShippedModel, eval_set: EvalSet,
-                 sequence_length: int, examples: int) -> dict[str, float]:
-    """The converted program vs the HF model on the first ``examples`` test rows padded to ``sequence_length``."""
+                 sequence_length: int, examples: int, fitting_first: bool = False) -> dict[str, float]:
+    """The converted program vs the HF model on ``examples`` test rows padded (or cut) to ``sequence_length``: the
+    first ones, or with ``fitting_first`` the first rows that fit in it (then the others, cut)."""
     module = program.module()
     reference, logits = [], []
+    indices = list(range(len(eval_set)))
+    if fitting_first:
+        indices.sort(key=lambda i: len(eval_set.token_ids[i]) > sequence_length)  # stable: fitting rows in order
+    fitting = sum(len(eval_set.token_ids[i]) <= sequence_length for i in indices[:examples])
     with torch.inference_mode():
-        for index in range(min(examples, len(eval_set))):
+        for index in indices[:examples]:
             ids, mask = (torch.from_numpy(a) for a in eval_set.fixed_length(index, sequence_length))
             reference.append(shipped.model(input_ids=ids, attention_mask=mask).logits.float().numpy())
             logits.append(module(ids.int(), mask.int()).float().numpy())
     figures = parity(np.concatenate(reference), np.concatenate(logits))
-    return {"examples": len(reference), **figures}
+    return {"examples": len(reference), **({"fitting_examples": fitting} if fitting_first else {}), **figures}
 
 
 def updatable_head(shipped: ShippedModel, settings: UpdatableHead) -> Any:
@@ -292,6 +322,13 @@ def load_spec(path: Path) -> Any:
         return ct.utils.load_spec(str(path))
 
 
+def count_ops(path: Path, op_type: str) -> int:
+    """How many ``op_type`` operations the saved ML Program's main function holds."""
+    spec = load_spec(path)
+    return sum(op.type == op_type for block in spec.mlProgram.functions["main"].block_specializations.values()
+               for op in block.operations)
+
+
 def describe(spec: Any) -> dict[str, Any]:
     """What Linux can check of a saved model: type, I/O names/types/shapes, updatable layers, loss, optimizer."""
     kind = spec.WhichOneof("Type")
@@ -327,4 +364,7 @@ def _feature(feature: Any) -> dict[str, Any]:
         ranges = array.shapeRange.sizeRanges
         if ranges:
             described["shape_range"] = [[r.lowerBound, r.upperBound] for r in ranges]
+        enumerated = array.enumeratedShapes.shapes
+        if enumerated:
+            described["enumerated_shapes"] = sorted(list(shape.shape) for shape in enumerated)
     return described

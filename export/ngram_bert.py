@@ -37,6 +37,7 @@ from transformers import (
     BertModel,
 )
 from transformers.models.bert.modeling_bert import BertEmbeddings
+from transformers.pytorch_utils import prune_linear_layer
 
 MODEL_TYPE = "ngram_bert"
 MAX_ORDER = 4
@@ -67,6 +68,10 @@ class NgramBertConfig(BertConfig):
             hidden states (better for small models trained on little data).
         ngram_bag: Append the mean of the text's n-gram vectors (``ngram_size`` values, a fastText-like bag of
             n-grams) to the pooled features the classifier reads.
+        layer_heads: Attention heads kept per layer after structured pruning (each of ``hidden_size /
+            num_attention_heads`` values); all heads when None.
+        layer_intermediate_sizes: FFN neurons kept per layer after structured pruning; ``intermediate_size`` when
+            None.
     """
 
     model_type = MODEL_TYPE
@@ -74,8 +79,16 @@ class NgramBertConfig(BertConfig):
     def __init__(self, ngram_orders: list[int] | None = None, ngram_buckets: int = 20000,
                  ngram_size: int | None = None, ngram_dropout: float = 0.0, hash_vocab_size: int | None = None,
                  ngram_multipliers: list[int] | None = None, pooling: str = "cls", ngram_bag: bool = False,
+                 layer_heads: list[int] | None = None, layer_intermediate_sizes: list[int] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.layer_heads = [int(n) for n in layer_heads] if layer_heads is not None else None
+        self.layer_intermediate_sizes = ([int(n) for n in layer_intermediate_sizes]
+                                         if layer_intermediate_sizes is not None else None)
+        for name, sizes in (("layer_heads", self.layer_heads), ("layer_intermediate_sizes",
+                                                                 self.layer_intermediate_sizes)):
+            if sizes is not None and (len(sizes) != self.num_hidden_layers or min(sizes) < 1):
+                raise ValueError(f"{name} needs one positive size per layer ({self.num_hidden_layers}), got {sizes}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
         self.pooling = pooling
@@ -185,12 +198,48 @@ def masked_mean(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+def keep_heads(attention: nn.Module, heads: list[int], head_size: int) -> None:
+    """Keep only ``heads`` (indices) of a ``BertAttention``: Q/K/V output rows and the output projection's input
+    columns shrink; the forward pass reshapes by head size, so it runs unchanged."""
+    index = cast(torch.LongTensor, torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in heads]))
+    self_attention: Any = attention.self
+    for name in ("query", "key", "value"):
+        setattr(self_attention, name, prune_linear_layer(getattr(self_attention, name), index, dim=0))
+    output: Any = attention.output
+    output.dense = prune_linear_layer(output.dense, index, dim=1)
+    self_attention.num_attention_heads = len(heads)
+    self_attention.all_head_size = len(heads) * head_size
+
+
+def keep_neurons(layer: nn.Module, kept: torch.Tensor) -> None:
+    """Keep only the FFN neurons ``kept`` (indices) of a ``BertLayer``: intermediate rows and output columns."""
+    neurons = cast(torch.LongTensor, kept.long())
+    intermediate: Any = layer.intermediate
+    output: Any = layer.output
+    intermediate.dense = prune_linear_layer(intermediate.dense, neurons, dim=0)
+    output.dense = prune_linear_layer(output.dense, neurons, dim=1)
+
+
+def apply_layer_sizes(layers: nn.ModuleList, config: NgramBertConfig) -> None:
+    """Shrink freshly built layers to the config's pruned sizes (the weights are loaded afterwards)."""
+    head_size = config.hidden_size // config.num_attention_heads
+    for index, layer in enumerate(layers):
+        attention: Any = layer.attention
+        if config.layer_heads is not None and config.layer_heads[index] != attention.self.num_attention_heads:
+            keep_heads(attention, list(range(config.layer_heads[index])), head_size)
+        intermediate: Any = layer.intermediate
+        if (config.layer_intermediate_sizes is not None
+                and config.layer_intermediate_sizes[index] != intermediate.dense.out_features):
+            keep_neurons(layer, torch.arange(config.layer_intermediate_sizes[index]))
+
+
 class NgramBertModel(BertModel):
     config_class = NgramBertConfig
 
     def __init__(self, config: NgramBertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.embeddings = NgramBertEmbeddings(config)
+        apply_layer_sizes(self.encoder.layer, config)
         self.post_init()
 
     def pooled_features(self, hidden: torch.Tensor, input_ids: torch.Tensor,

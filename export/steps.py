@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import coreml, monitoring, personalization
+from export import coreml, monitoring, personalization, shapes
 from export.assets import (
     EDGE_CASES,
     NORMALIZATION,
@@ -37,9 +37,12 @@ from export.evaluation import (
     predict_all,
     torch_predictor,
 )
-from export.files import record, write_json
-from export.graph import ShippedModel, load_hf_dir
+from export.files import read_manifest, record, write_json
+from export.graph import MIN_SEQUENCE, ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
+from export.profile import ProfileSettings, write_profile
+from export.profile import markdown as profile_markdown
+from export.pruning import sparsity_report
 from export.torch_export import load_torchscript, quantize_int8, save_pytorch, save_torchscript
 
 
@@ -83,27 +86,51 @@ def write_onnx(ctx: ExportContext, opset: int = 18, int8: bool = True, min_agree
                quantization="onnxruntime dynamic int8, per-channel weights", **_figures(ctx, logits))
 
 
-def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
-                 target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
-                 quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
-    """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``."""
+def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes.Auto | None,
+                 flexible_min: int | None, target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits,
+                 precision: coreml.Precision, quantize_8bit: bool, head: coreml.UpdatableHead | None,
+                 parity_examples: int, enumerated: list[int] | shapes.Auto | None = None,
+                 sparse: bool = False) -> None:
+    """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``.
+
+    Input length: ``sequence_length`` (the model's max length when None; ``auto``: from the training data), a
+    ``RangeDim`` from ``flexible_min`` up to it, or ``enumerated`` lengths (``auto``: from the training data); see
+    :mod:`export.shapes`."""
     with coreml.scratch_space():
-        _write_coreml(ctx, name=name, sequence_length=sequence_length, flexible_min=flexible_min, target=target,
+        lengths, chosen_from = None, None
+        if "auto" in (sequence_length, enumerated):
+            lengths, source = shapes.training_lengths(ctx.tokenizer, ctx.train_texts, ctx.shipped.max_length,
+                                                      ctx.eval_set)
+            chosen_from = shapes.length_stats(lengths, source)
+        length, chosen = shapes.resolve(sequence_length, enumerated, ctx.shipped.max_length, lengths)
+        kind = "enumerated" if chosen and len(chosen) > 1 else "range" if flexible_min is not None else "fixed"
+        input_lengths: dict[str, Any] = {"kind": kind, "lengths": chosen or [length], "chosen_from": chosen_from}
+        if kind != "range":
+            input_lengths["test_routing"] = shapes.routing(ctx.eval_set, chosen or [length])
+        _write_coreml(ctx, name=name, sequence_length=length, flexible_min=flexible_min, target=target,
                       compute_units=compute_units, precision=precision, quantize_8bit=quantize_8bit, head=head,
-                      parity_examples=parity_examples)
+                      parity_examples=parity_examples, enumerated=chosen, input_lengths=input_lengths,
+                      sparse=sparse)
 
 
 def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
                   target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
-                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int) -> None:
+                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int,
+                  enumerated: list[int] | None, input_lengths: dict[str, Any], sparse: bool = False) -> None:
     shipped, out = ctx.shipped, ctx.export_dir
     settings = dict(sequence_length=sequence_length, flexible_min=flexible_min, target=target,
-                    compute_units=compute_units, precision=precision)
+                    compute_units=compute_units, precision=precision, enumerated=enumerated)
     meta = coreml.metadata(shipped, tokenizer_settings(ctx.tokenizer, shipped.max_length))
     mlmodel, program = coreml.convert(shipped, metadata=meta, **settings)  # type: ignore[arg-type]
     graph = _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, sequence_length, parity_examples),
                             "the Core ML export graph")
-    common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics"}
+    common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics",
+              "input_lengths": input_lengths}
+    if enumerated and len(enumerated) > 1:  # every enumerated length is a shape the app may run: check each
+        common["graph_parity_by_length"] = {
+            str(length): _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, length, parity_examples,
+                                                             fitting_first=True),
+                                         f"the Core ML export graph at {length} tokens") for length in enumerated}
     path = out / f"{name}.mlpackage"
     coreml.save(mlmodel, path)
     record(out, "coreml", "coreml", path, spec=_io(path), **common)
@@ -115,8 +142,32 @@ def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexib
                quantization="linear symmetric int8 weights, per output channel",
                simulated_in_pytorch=_figures(ctx, predict_all(hf_predictor(simulated), ctx.eval_set)),
                checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
+    if sparse:
+        write_sparse(ctx, name, mlmodel, settings, joint_8bit=quantize_8bit and target in coreml.IOS18_TARGETS)
     if head is not None:
         write_personalizable(ctx, name, settings, meta, head, parity_examples)
+
+
+def write_sparse(ctx: ExportContext, name: str, mlmodel: Any, settings: dict[str, Any], joint_8bit: bool) -> None:
+    """``<name>Sparse.mlpackage`` (fp16, zeros stored as a bit mask) and, on iOS18, ``<name>Sparse8Bit.mlpackage``
+    (int8 non-zero values): the size a pruned model reaches in the app."""
+    out = ctx.export_dir
+    figures = sparsity_report(ctx.shipped.model)
+    zeros = {key: figures[key] for key in ("prunable_sparsity", "model_sparsity")}
+    sparse = coreml.sparse_weights(mlmodel)
+    path = out / f"{name}Sparse.mlpackage"
+    coreml.save(sparse, path)
+    record(out, "coreml_sparse", "coreml", path, spec=_io(path), **settings, **zeros,
+           sparse_ops=coreml.count_ops(path, "constexpr_sparse_to_dense"),
+           checked_on_linux="spec, I/O, sparse weight ops; the same numerics as the dense model (zeros stay zeros)")
+    if joint_8bit:
+        path = out / f"{name}Sparse8Bit.mlpackage"
+        coreml.save(coreml.quantize_weights_8bit(sparse, joint_compression=True), path)
+        simulated = coreml.simulate_8bit_weights(ctx.shipped.model)
+        record(out, "coreml_sparse_w8", "coreml", path, spec=_io(path), **settings, **zeros,
+               quantization="sparse + linear symmetric int8 weights (joint compression)",
+               simulated_in_pytorch=_figures(ctx, predict_all(hf_predictor(simulated), ctx.eval_set)),
+               checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
 
 
 def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any], meta: dict[str, str],
@@ -228,9 +279,10 @@ def tokenizer_agreement(ctx: ExportContext, limit: int = 500) -> dict[str, Any]:
     return {"vocab_tokenizer_matches_test_ids": same / count, "checked_texts": count}
 
 
-def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets) -> list[dict[str, Any]]:
-    """``benchmark.json``/``benchmark.md``, the table in TensorBoard's TEXT tab, a printed table; raises when a budget
-    breaks."""
+def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets,
+                    profile: ProfileSettings | None = None) -> list[dict[str, Any]]:
+    """``benchmark.json``/``benchmark.md``, the table in TensorBoard's TEXT tab, a printed table, and with ``profile``
+    the per-layer ``profile.json``/``profile.md``; raises when a budget breaks (after every report is written)."""
     num_labels = len(ctx.shipped.label_names)
     rows = run_benchmark(ctx.export_dir, ctx.eval_set, num_labels, ctx.shipped.num_parameters, timing)
     if ctx.train_texts and len(ctx.texts) == len(ctx.eval_set):
@@ -238,6 +290,8 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
                                                num_labels))
     broken = check_budgets(rows, budgets)
     text = write_reports(ctx.export_dir, rows, timing, len(ctx.eval_set), broken, budgets)
+    if profile is not None:
+        write_layer_profile(ctx, profile)
     if ctx.writer is not None:
         # the table only: one scalar card per variant and figure (about 30 single points) swamped TIME SERIES
         ctx.writer.add_text("export/benchmark", text, ctx.step)
@@ -246,6 +300,20 @@ def write_benchmark(ctx: ExportContext, timing: TimingSettings, budgets: Budgets
         raise ExportError(f"export budget broken: {'; '.join(broken)} (see {ctx.export_dir / 'benchmark.md'}; "
                           "shrink the model or relax ExportBenchmark's budgets)")
     return rows
+
+
+def write_layer_profile(ctx: ExportContext, settings: ProfileSettings) -> dict[str, Any]:
+    """``profile.json``/``profile.md``: time by layer kind of PyTorch fp32 and of the exported ONNX files (INT8 first),
+    printed and logged to TensorBoard as text."""
+    artifacts = read_manifest(ctx.export_dir)["artifacts"]
+    onnx_files = {name: ctx.export_dir / artifacts[name]["path"] for name in ("onnx_int8", "onnx_fp32")
+                  if name in artifacts}
+    report = write_profile(ctx.export_dir, ctx.shipped, ctx.eval_set, settings, onnx_files)
+    verdicts = [f"{p['variant']} @{p['length']} tokens: {p['dominant']}" for p in report["profiles"]]
+    if ctx.writer is not None:
+        ctx.writer.add_text("export/profile", profile_markdown(report), ctx.step)
+    print(f"per-layer profile ({ctx.export_dir / 'profile.md'}): dominant kind {'; '.join(verdicts)}", flush=True)
+    return report
 
 
 def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settings: Any) -> None:
@@ -276,6 +344,12 @@ def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settin
 
 def _preflight_coreml(shipped: ShippedModel, eval_set: EvalSet, out: Path, **coreml_settings: Any) -> None:
     head: coreml.UpdatableHead | None = coreml_settings.pop("head")
+    # no training data yet: an `auto` length converts as the max length, `auto` enumerated lengths as two of them
+    sequence_length, enumerated = coreml_settings.get("sequence_length"), coreml_settings.get("enumerated")
+    coreml_settings["sequence_length"], coreml_settings["enumerated"] = shapes.resolve(
+        None if sequence_length == "auto" else sequence_length,
+        [max(MIN_SEQUENCE, shipped.max_length // 2), shipped.max_length] if enumerated == "auto" else enumerated,
+        shipped.max_length, None)
     mlmodel, program = coreml.convert(shipped, metadata={}, **coreml_settings)
     figures = coreml.graph_parity(program, shipped, eval_set, coreml_settings["sequence_length"], 2)
     if figures["max_abs_logit_diff"] > 1e-3:

@@ -89,6 +89,8 @@ def load_tokenizer(spec: str | Path, *, trust_remote_code: bool = False) -> PreT
             return BertTokenizer(vocab=read_vocab_file(path / "vocab.txt"))
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if str(spec).startswith((".", "/", "~")) or str(spec).endswith(".txt"):
+        if "tb_logs" in path.parts:  # a run's output (e.g. a trained student's export/vocab.txt): say which run
+            raise PocketbertError(f"tokenizer path '{spec}' does not exist: run {run_hint(path)} first")
         raise PocketbertError(f"tokenizer path '{spec}' does not exist; check --data.tokenizer or NEWS_DATA_DIR")
     try:
         return AutoTokenizer.from_pretrained(str(spec), local_files_only=True, trust_remote_code=trust_remote_code)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport
+from callbacks import AppAssets, CoreMLExport, ExportBenchmark, MagnitudePruning, OnnxExport, StructuredPruning
 from export import Budgets, EvalSet, ExportContext, ExportError, ShippedModel, UpdatableHead, write_coreml, write_onnx
 from export.benchmark import check_budgets
 from export.files import atomic_path, read_manifest
@@ -32,9 +32,18 @@ TINY_MOBILEBERT = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, interme
     (lambda: CoreMLExport(sequence_length=2), "sequence_length must be at least 3"),
     (lambda: CoreMLExport(sequence_length=64, flexible_min_length=65), "flexible_min_length must be in"),
     (lambda: CoreMLExport(updatable_head=UpdatableHead(learning_rate=0.0)), "updatable_head needs learning_rate > 0"),
+    (lambda: CoreMLExport(enumerated_lengths=[32, 64]), "enumerated_lengths needs minimum_deployment_target iOS18"),
+    (lambda: CoreMLExport(enumerated_lengths="auto", sequence_length=64, minimum_deployment_target="iOS18"),
+     "enumerated_lengths sets the input lengths: drop sequence_length"),
+    (lambda: CoreMLExport(enumerated_lengths=[2, 64], minimum_deployment_target="iOS18"), "lengths of at least 3"),
     (lambda: ExportBenchmark(repeats=0), "repeats >= 1"),
     (lambda: ExportBenchmark(budgets=Budgets(max_size_mb=-1)), "budgets.max_size_mb must be 0 or more"),
+    (lambda: ExportBenchmark(profile_lengths=[2, 32]), r"profile_lengths must list lengths of at least 3, got \[2"),
     (lambda: AppAssets(golden_texts=["ok", " "]), "empty sentence"),
+    (lambda: MagnitudePruning(sparsity=1.0), r"sparsity must be in \(0, 1\), got 1.0"),
+    (lambda: MagnitudePruning(ramp_epochs=2.0), r"ramp_epochs must be in \(0, 1\]"),
+    (lambda: StructuredPruning(fraction=0.0), r"fraction must be in \(0, 1\)"),
+    (lambda: StructuredPruning(heads=False, neurons=False), "needs heads, neurons or both"),
 ])
 def test_bad_arguments_fail_in_init_with_one_line(make: object, message: str) -> None:
     with pytest.raises(ExportError, match=message) as info:

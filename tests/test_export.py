@@ -8,6 +8,7 @@ run after the reports are written.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def test_run_output_carries_no_third_party_noise(run: dict[str, Any]) -> None:
     assert "Loading weights" not in output and "Writing model shards" not in output  # transformers bars
     assert "FLOPs" not in output and "v_num" not in output
     assert output.count("LeafSpec") == 0  # lightning's _pytree FutureWarning, silenced at its source
+    assert "USDT:" not in output and "profiler_start" not in output  # torch.profiler's kineto lines
 
 
 def test_manifest_records_every_artifact_with_size_and_hash(run: dict[str, Any]) -> None:
@@ -284,6 +286,79 @@ def test_benchmark_covers_every_variant(run: dict[str, Any]) -> None:
     table = make_ndarray(events.Tensors("export/benchmark/text_summary")[-1].tensor_proto).item().decode()
     assert table == (run["export"] / "benchmark.md").read_text().removeprefix("# Export benchmark\n\n").rstrip("\n")
     assert all(name in table for name in MODELS[:4])
+
+
+def profile_tables(markdown: str) -> dict[int, dict[str, list[float]]]:
+    """``profile.md``'s tables: length -> row title -> the numbers of its cells (ms, share, ms, share...)."""
+    tables: dict[int, dict[str, list[float]]] = {}
+    length = 0
+    for line in markdown.splitlines():
+        if line.startswith("### "):
+            length = int(line.split()[1])
+            tables[length] = {}
+        elif length and line.startswith("| ") and not line.startswith("| kind"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            tables[length][cells[0].strip("*")] = [float(cell.rstrip("%")) for cell in cells[1:]]
+    return tables
+
+
+def test_profile_splits_each_call_into_layer_kinds_that_sum_to_its_time(run: dict[str, Any]) -> None:
+    report = json.loads((run["export"] / "profile.json").read_text())
+    assert report["lengths"] == [16, 32] and report["dropped_lengths"] == [128]  # 128 > the model's max length
+    profiles = report["profiles"]
+    assert [(p["variant"], p["length"]) for p in profiles] == [
+        (variant, length) for length in (16, 32) for variant in ("pytorch_fp32", "onnx_int8", "onnx_fp32")]
+    for profile in profiles:
+        kinds = profile["kinds_ms"]
+        assert list(kinds) == ["embeddings", "attention", "ffn", "pooler_classifier", "other"]
+        assert sum(kinds.values()) == pytest.approx(profile["total_ms"], rel=1e-9)
+        assert all(kinds[kind] > 0 for kind in ("embeddings", "attention", "ffn", "pooler_classifier")), profile
+        assert profile["dominant"] == max(list(kinds)[:4], key=kinds.__getitem__)
+        assert profile["unprofiled_ms"] > 0 and profile["top_ops"]
+    for profile in profiles[1::3]:  # the INT8 graph ONNX Runtime runs: every node placed, none left over
+        counts = profile["nodes_by_kind"]
+        assert set(counts) == {"embeddings", "attention", "ffn", "pooler_classifier"} and min(counts.values()) > 0
+        assert any(op["op"] in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
+                   for op in profile["top_ops"] + profiles[4]["top_ops"])  # int8 kernels ran
+    markdown = (run["export"] / "profile.md").read_text()
+    tables = profile_tables(markdown)
+    assert list(tables) == [16, 32]
+    for length, table in tables.items():
+        assert list(table) == ["embeddings", "attention", "FFN", "pooler + classifier", "other", "total"]
+        for column in range(3):  # each variant: ms column sums to the total, shares to 100%
+            ms = [table[row][2 * column] for row in list(table)[:5]]
+            shares = [table[row][2 * column + 1] for row in list(table)[:5]]
+            assert sum(ms) == pytest.approx(table["total"][2 * column], abs=0.003), (length, column)
+            assert sum(shares) == pytest.approx(100.0, abs=0.3), (length, column)
+            kinds = ["embeddings", "attention", "FFN", "pooler + classifier"]
+            dominant = max(kinds, key=lambda row, c=column: table[row][2 * c])
+            variant = ("pytorch_fp32", "onnx_int8", "onnx_fp32")[column]
+            assert f"- {variant} @{length} tokens: **{dominant}**" in markdown
+    assert "skipped: [128]" in markdown
+    assert "per-layer profile (" in run["stdout"] and "dominant kind pytorch_fp32 @16 tokens:" in run["stdout"]
+
+
+def test_onnx_nodes_are_placed_in_the_layer_kind_they_serve(run: dict[str, Any]) -> None:
+    """Quantizer-added nodes (no module scope) go to the module they feed: the layer's 6 int8 matmuls are 4
+    attention (Q, K, V, output) and 2 FFN ones, the n-gram projection is the embeddings', the pooler dense and
+    classifier the head's; the exporter's scopes place every other node."""
+    import onnx
+
+    from export.profile import onnx_node_kinds
+
+    int8 = onnx.load(str(run["export"] / "model.int8.onnx"))
+    kinds = onnx_node_kinds(int8)
+    matmuls = Counter(kinds[n.name] for n in int8.graph.node if n.op_type == "MatMulInteger")
+    assert matmuls == {"attention": 4, "ffn": 2, "embeddings": 1, "pooler_classifier": 2}  # export_tiny: 1 layer
+    fp32 = onnx.load(str(run["export"] / "model.onnx"))
+    fp32_kinds = onnx_node_kinds(fp32)
+    by_op = {n.op_type: fp32_kinds[n.name] for n in fp32.graph.node}
+    assert by_op["Softmax"] == "attention" and by_op["Erf"] == "ffn"  # the scores' softmax, the FFN's GELU
+    gemms = [fp32_kinds[n.name] for n in fp32.graph.node if n.op_type == "Gemm"]
+    assert gemms == ["pooler_classifier", "pooler_classifier"]  # pooler dense, classifier
+    layer_norms = Counter(fp32_kinds[n.name] for n in fp32.graph.node if n.op_type == "LayerNormalization")
+    assert layer_norms == {"embeddings": 1, "attention": 1, "ffn": 1}
+    assert "other" not in set(kinds.values())
 
 
 def test_export_command_rewrites_artifacts_from_the_checkpoint(run: dict[str, Any], tmp_path: Path) -> None:
