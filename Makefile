@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	set -o pipefail; $(PY) -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	touch $(STAMP)
 
-# The offline news16 pipeline on 2 cores: masked-LM pretraining of the student's encoder (about 4 min), the student
-# with its linear teacher and every export (about 6 min), then one table of every model beside the linear baseline.
+# The offline news16 pipeline on 2 cores: masked-LM pretraining of the student's encoder (about 8 min), the student
+# with its linear teacher and every export (about 8 min), then one table of every model beside the linear baseline.
 quickstart: $(STAMP)
 	$(PY) -m recipes fit --config news16_pretrain_cpu.yaml
 	$(PY) -m recipes fit --config news16_distill_cpu.yaml
