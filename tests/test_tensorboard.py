@@ -126,8 +126,8 @@ def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) 
     finally:
         os.chdir(REPO)
     assert student == {"model": "DistillationModule", "pretrained": "tb_logs/news16_pretrain_cpu/version_4/pretrained",
-                       "learning_rate": 1e-3, "dropout": 0.1, "weight_decay": 0.01, "warmup_ratio": 0.06,
-                       "alpha": 0.2, "temperature": 1.0, "batch_size": 64, "max_length": 128, "max_epochs": 6,
+                       "learning_rate": 2e-3, "dropout": 0.1, "weight_decay": 0.01, "warmup_ratio": 0.06,
+                       "alpha": 0.2, "temperature": 1.0, "batch_size": 64, "max_length": 128, "max_epochs": 10,
                        "precision": "32-true", "seed": 42, "teacher": "TfidfTeacher(folds=5)", "prune_vocab": True}
     recipe["model"]["init_args"].pop("pretrained")
     recipe["model"]["init_args"]["preset"] = "mobilebert"
