@@ -166,7 +166,9 @@ def load_pretrained(
         raise PocketbertError(f"the pretrained model {name_or_path} has weights of another shape than its config "
                               f"builds ({key}: {tuple(saved)} saved, {tuple(wanted)} expected; {len(encoder)} such "
                               "weights); only the classification head may differ: fix the model's config.json")
-    return model
+    # from_pretrained returns the model in eval mode, and Lightning keeps each module's mode when fit starts: left so,
+    # a pretrained student would train with its dropout off
+    return model.train()
 
 
 def check_tokenizer_fits(name: str, resolved: str, vocab_size: int, tokenizer: PreTrainedTokenizerBase, *,

@@ -35,6 +35,8 @@ def test_matching_model_loads_with_a_new_head(tmp_path: Path) -> None:
     folder = save_model(tmp_path / "ok", 21128, num_labels=2)
     model = classifier(folder).model
     assert model.classifier.out_features == 3  # the head alone is re-made for 3 labels
+    # trains with dropout on: from_pretrained returns eval mode, which Lightning would keep for the whole fit
+    assert model.training and all(module.training for module in model.modules())
     saved = BertForSequenceClassification.from_pretrained(folder)
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, saved.bert.embeddings.word_embeddings.weight)
 

@@ -159,3 +159,14 @@ def test_teachers_cannot_be_combined_with_per_batch_teacher_runs(vocab_file: Pat
         TfidfTeacher(weight=0)
     with pytest.raises(PocketbertError, match="folds >= 2"):
         TfidfTeacher(folds=1)
+
+
+def test_budgets_never_apply_to_the_baseline_row() -> None:
+    from export.benchmark import Budgets, check_budgets
+
+    rows = [{"variant": "onnx_int8", "size_mb": 3.9, "accuracy": 0.76, "accuracy_drop_points": 0.1, "p50_ms": 1.3,
+             "lead_over_baseline_points": -1.4},
+            {"variant": "baseline", "size_mb": 7.2, "accuracy": 0.774}]  # bigger than the size budget, no lead
+    budgets = Budgets(max_size_mb=4, max_accuracy_drop=0.5, max_p50_ms=2, min_lead_over_baseline=-4)
+    assert check_budgets(rows, budgets) == []
+    assert check_budgets(rows, Budgets(max_size_mb=3)) == ["onnx_int8 is 3.9 MB > max_size_mb 3"]
