@@ -86,6 +86,7 @@ class MaskedLMPretraining(L.LightningModule):
             self.model = AutoModelForMaskedLM.from_pretrained(resolved, local_files_only=local_only,
                                                               trust_remote_code=trust_remote_code,
                                                               hidden_dropout_prob=dropout)
+            self.model.train()  # from_pretrained returns eval mode, which Lightning would keep: dropout off
             embeddings: Any = self.model.get_input_embeddings()
             rows = int(embeddings.num_embeddings)
             if rows < len(self.tokenizer):
