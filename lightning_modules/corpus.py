@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning_modules.errors import PocketbertError
 
@@ -162,15 +162,7 @@ def read_raw(
         if isinstance(text_key, int) or isinstance(label_key, int):
             raise PocketbertError(f"{path}: jsonl rows are objects: give text_field/label_field as key names, "
                                   "not column indices")
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            if text_key not in row:
-                raise PocketbertError(f"{path}:{line_no}: no field '{text_key}'; set --data.text_field")
+        for line_no, row in json_rows(path, lines, text_key, "set --data.text_field"):
             examples.append(Example(str(row[text_key]), _require_label(path, line_no, row.get(label_key, ""))))
     else:
         rows = delimited_rows(path, lines, corpus_format, delimiter)
@@ -180,6 +172,22 @@ def read_raw(
             label = fields[label_index] if label_index < len(fields) else ""
             examples.append(Example(text, _require_label(path, line_no, label)))
     return examples
+
+
+def json_rows(path: Path, lines: list[str], text_key: str, hint: str) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of the non-empty ``lines`` with their line numbers; each must have ``text_key``."""
+    rows = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+        if text_key not in row:
+            raise PocketbertError(f"{path}:{line_no}: no field '{text_key}'; {hint}")
+        rows.append((line_no, row))
+    return rows
 
 
 def read_corpus_texts(path: Path, corpus_format: TextFormat, *, text_field: str = "text") -> list[str]:
@@ -193,18 +201,7 @@ def read_corpus_texts(path: Path, corpus_format: TextFormat, *, text_field: str 
         return [line.split("\t")[column] if "\t" in line else line for line in lines if line.strip()]
     if corpus_format in ("tnews", "jsonl"):
         key = "sentence" if corpus_format == "tnews" else text_field
-        texts: list[str] = []
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            if key not in row:
-                raise PocketbertError(f"{path}:{line_no}: no field '{key}'; set text_field")
-            texts.append(str(row[key]))
-        return texts
+        return [str(row[key]) for _, row in json_rows(path, lines, key, "set text_field")]
     reader = csv.DictReader(lines, delimiter="\t" if corpus_format == "tsv" else ",")
     if text_field not in (reader.fieldnames or []):
         raise PocketbertError(f"{path}: header has no column '{text_field}' (has {reader.fieldnames}); set text_field")
