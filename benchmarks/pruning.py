@@ -61,7 +61,7 @@ def fit(variant: str, pruning: dict[str, Any] | None, folder: Path) -> None:
 
 
 def time_side_by_side(files: dict[str, Path], rows: list[list[int]], lengths: list[int],
-                      rounds: int = 15, calls: int = 10) -> dict[str, dict[int, float]]:
+                      rounds: int = 40, calls: int = 10) -> dict[str, dict[int, float]]:
     """Median ms per batch-1 call of each file at each length, rounds interleaved across the files."""
     sessions = {name: onnx_session(path, 1) for name, path in files.items()}
     times: dict[str, dict[int, list[float]]] = {name: {n: [] for n in lengths} for name in files}
@@ -114,9 +114,11 @@ def main() -> None:
     if (shipped / "benchmark.json").is_file():
         summaries.append(summarize("shipped student (no fine-tuning)", shipped))
     for variant in VARIANTS:
-        export_dir = REPO / "tb_logs" / logger_name(variant) / "latest" / "export"
-        if (export_dir / "benchmark.json").is_file():
-            summaries.append(summarize(variant, export_dir))
+        # the newest run that wrote its benchmark (a broken budget fails a run after its reports, with no `latest`)
+        runs = sorted((REPO / "tb_logs" / logger_name(variant)).glob("version_*/export/benchmark.json"),
+                      key=lambda path: int(path.parts[-3].removeprefix("version_")))
+        if runs:
+            summaries.append(summarize(variant, runs[-1].parent))
     golden = json.loads((shipped / "golden_tokens.json").read_text())["cases"]
     rows = [golden[-1]["input_ids"]]  # a real test headline in the student's ids, padded to each length
     files = {s["variant"] + " int8": Path(s["export"]) / "model.int8.onnx" for s in summaries}

@@ -22,9 +22,8 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.benchmark import time_calls
 from export.evaluation import EvalSet
 from export.files import write_json, write_text
 from export.graph import ClassifierGraph, ShippedModel, prepare
@@ -141,12 +141,7 @@ def torch_profile(shipped: ShippedModel, ids: np.ndarray, mask: np.ndarray, sett
     torch.set_num_threads(settings.threads)
     try:
         with torch.inference_mode():
-            for _ in range(settings.warmup):
-                graph(*inputs)
-            start = time.perf_counter()
-            for _ in range(settings.repeats):
-                graph(*inputs)
-            unprofiled = (time.perf_counter() - start) / settings.repeats * 1000
+            unprofiled = faster_half_ms(lambda: graph(*inputs), settings)
             ranges = _Ranges(graph)
             try:
                 with _kineto_quiet(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -178,6 +173,12 @@ def torch_profile(shipped: ShippedModel, ids: np.ndarray, mask: np.ndarray, sett
             "calls": e.count // settings.repeats} for e in ops[:settings.top_ops]]
     return {"runtime": "pytorch fp32 (torch.profiler)", "total_ms": forward, "unprofiled_ms": unprofiled,
             "kinds_ms": kinds, "top_ops": top}
+
+
+def faster_half_ms(call: Callable[[], object], settings: ProfileSettings) -> float:
+    """Unprofiled ms per call, averaged like the profiles: the mean of the faster half of ``repeats`` calls."""
+    times = sorted(time_calls(call, settings.warmup, settings.repeats))
+    return float(np.mean(times[:max(1, (len(times) + 1) // 2)])) * 1000
 
 
 def quiet_mean(per_call: list[dict[str, float]]) -> tuple[dict[str, float], float]:
@@ -259,12 +260,7 @@ def onnx_profile(path: Path, ids: np.ndarray, mask: np.ndarray, settings: Profil
 
     feed = {"input_ids": ids, "attention_mask": mask}
     plain = onnx_session(path, settings.threads)
-    for _ in range(settings.warmup):
-        plain.run(["logits"], feed)
-    start = time.perf_counter()
-    for _ in range(settings.repeats):
-        plain.run(["logits"], feed)
-    unprofiled = (time.perf_counter() - start) / settings.repeats * 1000
+    unprofiled = faster_half_ms(lambda: plain.run(["logits"], feed), settings)
     with tempfile.TemporaryDirectory(prefix="pocketbert-profile-") as folder:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = settings.threads, 1
