@@ -14,20 +14,11 @@ from transformers import PreTrainedModel
 from typing_extensions import override
 
 from export.files import write_json
-from lightning_modules.classifier import (
-    adamw_with_linear_warmup,
-    check_labels,
-    check_training_args,
-    log_epoch_metrics,
-    log_eval_step,
-    raise_if_not_finite,
-    save_export_info,
-)
-from lightning_modules.encoders import PRESETS, EncoderSpec, build_from_spec, load_pretrained
+from lightning_modules import training
+from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
-from lightning_modules.metrics import ClassificationMetrics
 from lightning_modules.teacher_cache import Teacher, check_layer_map, check_same_teachers, load_teacher, padded_rows
 from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
 from lightning_modules.token_cache import TokenizedTexts, tokenize
@@ -86,9 +77,8 @@ class DistillationModule(L.LightningModule):
         label_names: list[str] | None = None,
         tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
         max_length: int = 128,
-        pretrained: str | None = None,
-        architecture: EncoderSpec | None = None,
-        preset: PresetName | None = None,
+        # the student: exactly one of the three
+        pretrained: str | None = None, architecture: EncoderSpec | None = None, preset: PresetName | None = None,
         alpha: float = 0.5,
         temperature: float = 2.0,
         layer_map: dict[int, int] | None = None,
@@ -96,20 +86,18 @@ class DistillationModule(L.LightningModule):
         teacher_cache: bool = True,
         prune_vocab: bool | None = None,
         num_labels: int | None = None,
-        dropout: float = 0.1,
-        learning_rate: float = 5e-4,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
+        # the student's training, as in TextClassifier
+        dropout: float = 0.1, learning_rate: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
         teacher_batch_size: int = 128,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        self.label_names = check_labels(label_names, num_labels)
+        self.label_names = training.check_labels(label_names, num_labels)
         if not 0.0 <= alpha <= 1.0:
             raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
         if temperature <= 0:
             raise PocketbertError(f"temperature must be positive, got {temperature}")
-        check_training_args(dropout, learning_rate)
+        training.check_training_args(dropout, learning_rate)
         if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
             raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
         if preset is not None and preset not in PRESETS:
@@ -140,17 +128,11 @@ class DistillationModule(L.LightningModule):
                                       f"{self.teacher.label_names} but the data has {self.label_names}; give the "
                                       "data the teacher's label list (data.init_args.labels) or train a matching "
                                       "teacher")
-        self.model: PreTrainedModel
-        if pretrained is not None:
-            with distillation_offline_hint():
-                self.model = load_pretrained(pretrained, label_names=self.label_names, dropout=dropout,
-                                             tokenizer=self.data_tokenizer,
-                                             trust_remote_code=trust_remote_code)
-        else:
-            spec = architecture if architecture is not None else PRESETS[str(preset)]
-            self.model = build_from_spec(spec, vocab_size=len(self.data_tokenizer),
-                                         pad_token_id=int(self.data_tokenizer.pad_token_id or 0),
-                                         label_names=self.label_names, dropout=dropout)
+        source = pretrained if pretrained is not None else architecture or PRESETS[str(preset)]
+        with distillation_offline_hint():
+            self.model: PreTrainedModel = build_classifier(source, tokenizer=self.data_tokenizer,
+                                                           label_names=self.label_names, dropout=dropout,
+                                                           trust_remote_code=trust_remote_code)
         self.prune = pretrained is None if prune_vocab is None else prune_vocab
         if self.prune:
             check_prunable(self.data_tokenizer)
@@ -165,8 +147,8 @@ class DistillationModule(L.LightningModule):
         self._teacher_logits: torch.Tensor | None = None  # (train size, num_labels), on the training device
         self._teacher_tokens: TokenizedTexts | None = None  # the training texts in the teacher's vocabulary
         self._eval_tokens: dict[tuple[str, int], TokenizedTexts] = {}  # (split, id of its texts) -> pruned ids
-        self.val_metrics = ClassificationMetrics(len(self.label_names))
-        self.test_metrics = ClassificationMetrics(len(self.label_names))
+        self.val_metrics = training.StageMetrics("val", self.label_names)
+        self.test_metrics = training.StageMetrics("test", self.label_names)
 
     # ---- data: pruning and the teacher's inputs ------------------------------------------------------------------
     @override
@@ -275,38 +257,36 @@ class DistillationModule(L.LightningModule):
                                        attention_mask)
             loss = loss + self.hparams["hidden_weight"] * hidden
             parts["train_hidden_loss"] = hidden
-        raise_if_not_finite(loss, self.global_step)
+        training.raise_if_not_finite(loss, self.global_step)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(input_ids))
         self.log_dict(parts, batch_size=len(input_ids))
         return loss
 
     @override
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        log_eval_step(self, "val", self(*self._student_inputs(batch, "val")), batch["labels"], self.val_metrics)
+        self.val_metrics.step(self, self(*self._student_inputs(batch, "val")), batch["labels"])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.epoch_end(self)
 
     @override
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        log_eval_step(self, "test", self(*self._student_inputs(batch, "test")), batch["labels"], self.test_metrics)
+        self.test_metrics.step(self, self(*self._student_inputs(batch, "test")), batch["labels"])
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics.epoch_end(self)
 
     @override
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         # NewsDataModule predicts on its test split.
-        probabilities = self(*self._student_inputs(batch, "test")).float().softmax(dim=-1)
-        return {"probabilities": probabilities, "predictions": probabilities.argmax(dim=-1), "index": batch["index"]}
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        log_epoch_metrics(self, "val", self.val_metrics)
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        log_epoch_metrics(self, "test", self.test_metrics)
+        return training.prediction(self(*self._student_inputs(batch, "test")), batch["index"])
 
     @override
     def configure_optimizers(self) -> Any:
-        hp = self.hparams  # the student and the hidden-state projection; the teacher is no submodule
-        return adamw_with_linear_warmup(self, list(self.named_parameters()), hp["learning_rate"],
-                                        hp["weight_decay"], hp["warmup_ratio"])
+        # the student and the hidden-state projection; the teacher is no submodule
+        return training.adamw_with_linear_warmup(self, list(self.named_parameters()))
 
     @override
     def on_fit_start(self) -> None:
@@ -319,7 +299,8 @@ class DistillationModule(L.LightningModule):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_export_info(self, checkpoint)  # the vocab saved is the pruned one: the shipped model's ids index it
+        # the vocab saved is the pruned one: the shipped model's ids index it
+        training.save_export_info(self, checkpoint)
         checkpoint["pocketbert"]["distillation"] = {
             "teacher": str(self.teacher.path.resolve()) if self.teacher is not None else None,  # not the `latest` link
             "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,

@@ -16,10 +16,10 @@ from typing_extensions import override
 
 from export.assets import write_vocab
 from export.files import atomic_path, write_json
-from lightning_modules.classifier import adamw_with_linear_warmup, check_training_args, raise_if_not_finite
 from lightning_modules.encoders import EncoderSpec, build_masked_lm
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer, resolve_pretrained, vocab_tokens
+from lightning_modules.training import adamw_with_linear_warmup, check_training_args, raise_if_not_finite
 
 PRETRAINED_DIR = "pretrained"
 
@@ -170,9 +170,7 @@ class MaskedLMPretraining(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return adamw_with_linear_warmup(self, list(self.model.named_parameters()), hp["learning_rate"],
-                                        hp["weight_decay"], hp["warmup_ratio"])
+        return adamw_with_linear_warmup(self, list(self.model.named_parameters()))
 
     # ---- the product: a Hugging Face model directory -------------------------------------------------------------
     @override
