@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -140,7 +140,8 @@ class MaskedLMPretraining(L.LightningModule):
         if not bool(chosen.any()):  # a batch of very short texts: predict one token so the loss is defined
             chosen = self.maskable[input_ids] & (torch.cumsum(self.maskable[input_ids].int(), dim=1) == 1)
         hidden = self.model.base_model(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
-        logits = self.model.cls(hidden[chosen]).float()  # type: ignore[operator]  # (chosen, vocab)
+        head = cast(torch.nn.Module, self.model.cls)  # the masked-LM head: hidden -> vocabulary logits
+        logits = head(hidden[chosen]).float()  # (chosen, vocab)
         targets = input_ids[chosen]
         loss = F.cross_entropy(logits, targets)
         return loss, (logits.argmax(dim=-1) == targets).sum(), int(targets.numel())
