@@ -15,16 +15,37 @@ from typing_extensions import override
 
 from export.files import write_json
 from lightning_modules import training
+from lightning_modules.batching import TextsData, padded_rows
 from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
-from lightning_modules.teacher_cache import Teacher, check_layer_map, check_same_teachers, load_teacher, padded_rows
+from lightning_modules.teacher_cache import (
+    check_layer_map,
+    check_same_teachers,
+    load_matching_teacher,
+    load_teacher,
+    teacher_batch_outputs,
+)
 from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
 from lightning_modules.token_cache import TokenizedTexts, tokenize
 from lightning_modules.vocab_pruning import PrunedVocab, check_prunable
 
 PresetName = Literal["roberta_l4_h512", "mobilebert", "tiny"]  # the keys of encoders.PRESETS
+
+
+def check_distillation_args(alpha: float, temperature: float, dropout: float, learning_rate: float,
+                            pretrained: str | None, architecture: EncoderSpec | None, preset: str | None) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
+    if temperature <= 0:
+        raise PocketbertError(f"temperature must be positive, got {temperature}")
+    training.check_training_args(dropout, learning_rate)
+    if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
+        raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
+    if preset is not None and preset not in PRESETS:
+        raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+
 
 class DistillationModule(L.LightningModule):
     """A student classifier trained on hard labels and on a frozen teacher's softened logits.
@@ -93,15 +114,7 @@ class DistillationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.label_names = training.check_labels(label_names, num_labels)
-        if not 0.0 <= alpha <= 1.0:
-            raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
-        if temperature <= 0:
-            raise PocketbertError(f"temperature must be positive, got {temperature}")
-        training.check_training_args(dropout, learning_rate)
-        if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
-            raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
-        if preset is not None and preset not in PRESETS:
-            raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+        check_distillation_args(alpha, temperature, dropout, learning_rate, pretrained, architecture, preset)
         self.extra_teachers = list(teachers or [])
         if self.extra_teachers and (layer_map or not teacher_cache):
             raise PocketbertError("hidden-state matching (layer_map) and teacher_cache: false run one teacher on "
@@ -114,20 +127,8 @@ class DistillationModule(L.LightningModule):
             if pretrained is not None:
                 resolve_pretrained(pretrained)  # fail fast offline, before the teacher is looked for
         self.tokenizer = self.data_tokenizer  # what ships: replaced by the pruned tokenizer when pruning
-        self.teacher: Teacher | None = None
-        # Only fitting needs the teacher: a trained student is tested, predicted and exported without its file (the
-        # hyperparameters still name it), so a missing file is an error when fit starts (setup), not here.
-        self.missing_teacher: Path | None = None
-        if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
-            self.missing_teacher = Path(teacher_checkpoint)
-        elif teacher_checkpoint is not None:
-            with torch.random.fork_rng(devices=[]):  # building the teacher must not shift the student's random init
-                self.teacher = load_teacher(Path(teacher_checkpoint))
-            if self.teacher.label_names != self.label_names:
-                raise PocketbertError(f"the teacher {teacher_checkpoint} was trained on labels "
-                                      f"{self.teacher.label_names} but the data has {self.label_names}; give the "
-                                      "data the teacher's label list (data.init_args.labels) or train a matching "
-                                      "teacher")
+        # a missing teacher file is an error when fit starts (setup): a trained student is evaluated without it
+        self.teacher, self.missing_teacher = load_matching_teacher(teacher_checkpoint, self.label_names)
         source = pretrained if pretrained is not None else architecture or PRESETS[str(preset)]
         with distillation_offline_hint():
             self.model: PreTrainedModel = build_classifier(source, tokenizer=self.data_tokenizer,
@@ -159,18 +160,17 @@ class DistillationModule(L.LightningModule):
             load_teacher(self.missing_teacher)  # raises its one-line "not found: train the teacher first" error
         if self.teacher is None and not self.extra_teachers:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint or teachers")
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        texts: dict[str, list[str]] = getattr(datamodule, "texts", {})
-        if "train" not in texts:
+        datamodule = self._datamodule()
+        if datamodule is None or "train" not in datamodule.texts:
             raise PocketbertError("DistillationModule trains with a NewsDataModule (it looks teacher inputs up by "
                                   "the batch's `index` in datamodule.texts); pass datamodule=...")
+        texts, cache_dir = datamodule.texts, datamodule.cache_dir
         if self.prune and self.pruned is None:
             self._apply_pruning(PrunedVocab.from_training_ids(self.data_tokenizer,
                                                               datamodule.datasets["train"].tokens.ids))
         device = self.trainer.strategy.root_device
-        cache_dir = getattr(datamodule, "cache_dir", None)
         if self.teacher is not None and (self.layer_map is not None or not self.hparams["teacher_cache"]):
-            self.teacher.model.to(device)  # type: ignore[arg-type]
+            self.teacher.to(device)
             rank_zero_info("the teacher runs on every batch (layer_map or teacher_cache: false)")
             if self.layer_map is None:
                 self._teacher_tokens = tokenize(texts["train"], self.teacher.tokenizer, self.teacher.max_length,
@@ -202,19 +202,21 @@ class DistillationModule(L.LightningModule):
         if tokens is not None:
             input_ids, attention_mask = padded_rows(tokens, batch["index"].tolist(), int(self.tokenizer.pad_token_id))
             return input_ids.to(self.device), attention_mask.to(self.device)
-        if self.pruned.id_map.device != batch["input_ids"].device:
-            self.pruned.id_map = self.pruned.id_map.to(batch["input_ids"].device)
-        return self.pruned.id_map[batch["input_ids"]], batch["attention_mask"]
+        return self.pruned.remap(batch["input_ids"]), batch["attention_mask"]
+
+    def _datamodule(self) -> TextsData | None:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return datamodule if isinstance(datamodule, TextsData) else None
 
     def _pruned_eval_tokens(self, split: str) -> TokenizedTexts | None:
-        datamodule = getattr(self._trainer, "datamodule", None)
-        texts = getattr(datamodule, "texts", {}).get(split)
-        if texts is None:
+        datamodule = self._datamodule()
+        texts = datamodule.texts.get(split) if datamodule is not None else None
+        if datamodule is None or texts is None:
             return None  # no texts to re-tokenize (bare dataloaders): the remapped ids are the best we have
         key = (split, id(texts))
         if key not in self._eval_tokens:
             self._eval_tokens[key] = tokenize(texts, self.tokenizer, int(self.hparams["max_length"]),
-                                              getattr(datamodule, "cache_dir", None), desc=f"tokenizing {split}")
+                                              datamodule.cache_dir, desc=f"tokenizing {split}")
         return self._eval_tokens[key]
 
     def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -223,18 +225,8 @@ class DistillationModule(L.LightningModule):
             return self._teacher_logits[batch["index"]], None
         if self.teacher is None:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
-        with torch.no_grad():
-            if self.layer_map is not None:
-                output = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                            output_hidden_states=True)
-                return output.logits, output.hidden_states
-            if self._teacher_tokens is None:
-                raise PocketbertError("the teacher's inputs are not prepared: train with trainer.fit(datamodule=...)")
-            input_ids, attention_mask = padded_rows(self._teacher_tokens, batch["index"].tolist(),
-                                                    int(self.teacher.tokenizer.pad_token_id or 0))
-            logits = self.teacher.model(input_ids=input_ids.to(self.device),
-                                        attention_mask=attention_mask.to(self.device)).logits
-            return logits, None
+        return teacher_batch_outputs(self.teacher, batch, self._teacher_tokens,
+                                     hidden_states=self.layer_map is not None, device=self.device)
 
     # ---- steps ---------------------------------------------------------------------------------------------------
     @override
