@@ -1,7 +1,7 @@
 """Fused AdamW against torch's default CPU AdamW in the quickstart recipes' fits, alternating runs in one process.
 
 Each run fits a recipe (``news16_pretrain_cpu``, ``news16_distill_cpu``) through the CLI for ``--warmup`` + ``--steps``
-steps (validation and exports off) with the optimizer the recipes build (``lightning_modules.classifier.build_adamw``,
+steps (validation and exports off) with the optimizer the recipes build (``lightning_modules.training.build_adamw``,
 fused) or with ``fused=False`` (torch's CPU default: a Python loop over the parameter tensors), in the order fused,
 loop, loop, fused, ... On one thread and the process's CPU clock it times every step after the warm-up, and the
 clipping + update part of it (from ``on_before_optimizer_step`` to the end of ``optimizer.step``), which is all the two
@@ -35,7 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules import classifier  # noqa: E402
+from lightning_modules import training  # noqa: E402
 from recipes.cli import PocketbertCLI  # noqa: E402
 
 RECIPES = ("news16_pretrain_cpu", "news16_distill_cpu")
@@ -98,8 +98,8 @@ def recipe_config(name: str, options: argparse.Namespace, save_dir: Path) -> Pat
 
 def fit_once(config: Path, fused: bool, warmup: int) -> tuple[float, float]:
     """(median ms per step, median ms of clipping + update) of one fit."""
-    adamw = functools.partial(classifier.build_adamw, fused=fused)
-    with mock.patch.object(classifier, "build_adamw", adamw):
+    adamw = functools.partial(training.build_adamw, fused=fused)
+    with mock.patch.object(training, "build_adamw", adamw):
         cli = PocketbertCLI(args=["--config", str(config)], run=False)
         timer = StepTimer(warmup)
         cli.trainer.callbacks.append(timer)

@@ -92,9 +92,9 @@ def main() -> None:
         kind = "enumerated" if chosen and len(chosen) > 1 else "range" if flexible_min else "fixed"
         run_lengths = chosen or [length]
         with coreml.scratch_space(), tempfile.TemporaryDirectory() as folder:
-            mlmodel, program = coreml.convert(shipped, sequence_length=length, flexible_min=flexible_min,
-                                              enumerated=chosen, target=target,
-                                              compute_units="ALL", precision="float16", metadata={})
+            settings = coreml.CoreMLSettings(sequence_length=length, flexible_min=flexible_min, enumerated=chosen,
+                                             target=target, compute_units="ALL", precision="float16")
+            mlmodel, program = coreml.convert(shipped, settings, metadata={})
             coreml.save(mlmodel, Path(folder) / "model.mlpackage")
             size_mb = size_of(Path(folder) / "model.mlpackage") / 1e6
             spec_input = coreml.describe(coreml.load_spec(Path(folder) / "model.mlpackage"))["inputs"][0]

@@ -57,8 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_modules import NewsDataModule, TextClassifier  # noqa: E402
-from lightning_modules.classifier import build_adamw  # noqa: E402
-from lightning_modules.datamodule import PadCollator, ResumableSampler  # noqa: E402
+from lightning_modules.batching import PadCollator, ResumableSampler  # noqa: E402
+from lightning_modules.training import build_adamw  # noqa: E402
 from recipes.cli import PocketbertCLI  # noqa: E402
 
 # CLI overrides per model. bert_4x256: the news16 teacher (a plain BERT, [CLS] pooling, batch 32).

@@ -103,8 +103,8 @@ def eval_set(datamodule: Any, shipped: ShippedModel) -> tuple[EvalSet, list[str]
     texts: list[str] = list(getattr(datamodule, "texts", {}).get("test", []))
     tokenizer = getattr(datamodule, "tokenizer", None)
     training_vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if tokenizer is not None else None
-    if training_vocab is not None and [token for token, _ in training_vocab] == shipped.vocab:
-        pad_id = int(tokenizer.pad_token_id or 0)  # type: ignore[union-attr]
+    if tokenizer is not None and [token for token, _ in training_vocab or []] == shipped.vocab:
+        pad_id = int(tokenizer.pad_token_id or 0)
         examples = EvalSet.from_batches(test_loader, pad_id)
         training = None
     else:

@@ -13,7 +13,9 @@ from typing_extensions import override
 from callbacks.context import export_context
 from export import (
     ENUMERATED_TARGETS,
+    MIN_SEQUENCE,
     ComputeUnits,
+    CoreMLSettings,
     DeploymentTarget,
     ExportContext,
     ExportError,
@@ -22,8 +24,6 @@ from export import (
     preflight,
     write_coreml,
 )
-
-MIN_LENGTH = 3  # [CLS] token [SEP]
 
 
 class CoreMLExport(Callback):
@@ -68,10 +68,10 @@ class CoreMLExport(Callback):
         if not name.isidentifier():
             raise ExportError(f"CoreMLExport name must be a Swift-style identifier such as PocketBert, got {name!r}")
         fixed = sequence_length if isinstance(sequence_length, int) else None
-        if fixed is not None and fixed < MIN_LENGTH:
-            raise ExportError(f"CoreMLExport sequence_length must be at least {MIN_LENGTH}, got {sequence_length}")
-        if flexible_min_length is not None and not MIN_LENGTH <= flexible_min_length <= (fixed or 10**9):
-            raise ExportError(f"CoreMLExport flexible_min_length must be in [{MIN_LENGTH}, sequence_length], got "
+        if fixed is not None and fixed < MIN_SEQUENCE:
+            raise ExportError(f"CoreMLExport sequence_length must be at least {MIN_SEQUENCE}, got {sequence_length}")
+        if flexible_min_length is not None and not MIN_SEQUENCE <= flexible_min_length <= (fixed or 10**9):
+            raise ExportError(f"CoreMLExport flexible_min_length must be in [{MIN_SEQUENCE}, sequence_length], got "
                               f"{flexible_min_length}")
         if enumerated_lengths is not None:
             self._check_enumerated(enumerated_lengths, sequence_length, flexible_min_length, minimum_deployment_target)
@@ -95,11 +95,11 @@ class CoreMLExport(Callback):
         if target not in ENUMERATED_TARGETS:
             raise ExportError(f"CoreMLExport enumerated_lengths needs minimum_deployment_target iOS18 or macOS15 (Core "
                               f"ML takes one enumerated input before them; the model has two), got {target}")
-        if isinstance(lengths, list) and (not lengths or min(lengths) < MIN_LENGTH):
-            raise ExportError(f"CoreMLExport enumerated_lengths must list lengths of at least {MIN_LENGTH}, got "
+        if isinstance(lengths, list) and (not lengths or min(lengths) < MIN_SEQUENCE):
+            raise ExportError(f"CoreMLExport enumerated_lengths must list lengths of at least {MIN_SEQUENCE}, got "
                               f"{lengths}")
 
-    def settings(self, max_length: int) -> dict[str, object]:
+    def settings(self, max_length: int) -> CoreMLSettings:
         """Conversion settings; ``auto`` lengths stay ``auto`` (the export picks them from the training split)."""
         length = self.sequence_length or (None if self.enumerated else max_length)
         if isinstance(length, int) and length > max_length:
@@ -107,16 +107,15 @@ class CoreMLExport(Callback):
         if isinstance(self.enumerated, list) and max(self.enumerated) > max_length:
             raise ExportError(f"CoreMLExport enumerated_lengths {self.enumerated} exceed the model's max length "
                               f"{max_length}")
-        return {"sequence_length": length, "flexible_min": self.flexible_min, "enumerated": self.enumerated,
-                "target": self.target, "compute_units": self.compute_units, "precision": self.precision}
+        return CoreMLSettings(sequence_length=length, flexible_min=self.flexible_min, enumerated=self.enumerated,
+                              target=self.target, compute_units=self.compute_units, precision=self.precision)
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.preflight and trainer.is_global_zero:
             start, max_length = time.perf_counter(), int(pl_module.hparams.get("max_length", 128))
-            preflight(getattr(pl_module, "model", pl_module), max_length, "coreml",
-                      head=self.head if self.personalizable else None,
-                      **self.settings(max_length))
+            preflight(getattr(pl_module, "model", pl_module), max_length, "coreml", self.settings(max_length),
+                      head=self.head if self.personalizable else None)
             rank_zero_info(f"pre-flight: the untrained model converts to Core ML ({time.perf_counter() - start:.1f} s)")
 
     @override
@@ -125,7 +124,6 @@ class CoreMLExport(Callback):
             self.export(export_context(trainer, pl_module))
 
     def export(self, context: ExportContext) -> None:
-        write_coreml(context, name=self.name, quantize_8bit=self.quantize_8bit, sparse=self.sparse,
-                     head=self.head if self.personalizable else None,
-                     parity_examples=self.parity_examples,
-                     **self.settings(context.shipped.max_length))  # type: ignore[arg-type]
+        write_coreml(context, self.settings(context.shipped.max_length), name=self.name,
+                     quantize_8bit=self.quantize_8bit, sparse=self.sparse,
+                     head=self.head if self.personalizable else None, parity_examples=self.parity_examples)

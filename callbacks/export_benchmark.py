@@ -8,6 +8,7 @@ from typing_extensions import override
 
 from callbacks.context import export_context
 from export import (
+    BENCHMARKED_FORMATS,
     Budgets,
     ExportContext,
     ExportError,
@@ -16,8 +17,6 @@ from export import (
     read_manifest,
     write_benchmark,
 )
-
-RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx", "coreml")
 
 
 class ExportBenchmark(Callback):
@@ -67,7 +66,7 @@ class ExportBenchmark(Callback):
 
     def export(self, context: ExportContext) -> None:
         artifacts = read_manifest(context.export_dir)["artifacts"]
-        if not any(entry["format"] in RUNTIME_FORMATS for entry in artifacts.values()):
+        if not any(entry["format"] in BENCHMARKED_FORMATS for entry in artifacts.values()):
             raise ExportError(f"ExportBenchmark found no exported model in {context.export_dir / 'manifest.json'}; "
                               "list PyTorchExport, OnnxExport or CoreMLExport before it in trainer.callbacks")
         unknown = sorted(set(self.budgets.variants or []) - set(artifacts))

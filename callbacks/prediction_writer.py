@@ -46,7 +46,7 @@ class PredictionWriter(BasePredictionWriter):
             return
         probabilities = torch.cat([out["probabilities"] for out in outputs]).float().cpu().numpy()
         indices = torch.cat([out["index"] for out in outputs]).tolist()
-        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = getattr(trainer, "datamodule", None)
         split = getattr(datamodule, "predict_split", "test")
         texts = getattr(datamodule, "texts", {}).get(split) or [""] * (max(indices) + 1)
         truth = getattr(datamodule, "true_labels", {}).get(split)

@@ -4,13 +4,13 @@ No Lightning and no project imports: callbacks (``callbacks/``) and ``python -m 
 :class:`ExportContext` and call the ``write_*`` steps; everything written is recorded in ``export/manifest.json``.
 """
 
-from export.benchmark import Budgets, TimingSettings
-from export.context import ExportContext, ScalarWriter
-from export.coreml import ComputeUnits, DeploymentTarget, Precision, UpdatableHead
+from export.benchmark import BENCHMARKED_FORMATS, RUNTIME_FORMATS, Budgets, TimingSettings
+from export.context import ExportContext, Exporter, ScalarWriter
+from export.coreml import ComputeUnits, CoreMLSettings, DeploymentTarget, Precision, UpdatableHead
 from export.errors import ExportError
 from export.evaluation import EvalSet
 from export.files import MANIFEST, read_manifest, start_manifest
-from export.graph import ClassifierGraph, ShippedModel, check_exportable
+from export.graph import MIN_SEQUENCE, PARITY_TOLERANCE, ClassifierGraph, ShippedModel, check_exportable
 from export.monitoring import DriftThresholds, build_baseline, drift_check
 from export.personalization import HeadUpdate, UserSimulation, read_head_update, rehearse, replay_update
 from export.profile import ProfileSettings
@@ -18,16 +18,22 @@ from export.shapes import ENUMERATED_TARGETS
 from export.steps import preflight, write_app_assets, write_benchmark, write_coreml, write_onnx, write_pytorch
 
 __all__ = [
+    "BENCHMARKED_FORMATS",
     "ENUMERATED_TARGETS",
     "MANIFEST",
+    "MIN_SEQUENCE",
+    "PARITY_TOLERANCE",
+    "RUNTIME_FORMATS",
     "Budgets",
     "ClassifierGraph",
     "ComputeUnits",
+    "CoreMLSettings",
     "DeploymentTarget",
     "DriftThresholds",
     "EvalSet",
     "ExportContext",
     "ExportError",
+    "Exporter",
     "HeadUpdate",
     "Precision",
     "ProfileSettings",

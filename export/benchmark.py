@@ -39,7 +39,8 @@ REFERENCE = "pytorch_fp32"
 DEFAULT_SHIPPED = "onnx_int8"  # what an app ships when the budgets do not name a variant
 ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_w8", "coreml_sparse",
          "coreml_sparse_w8", "coreml_personalizable"]
-RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")
+RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")  # formats that run (and are timed) here
+BENCHMARKED_FORMATS = (*RUNTIME_FORMATS, "coreml")  # the rows of the benchmark: Core ML is sized, not run
 COLUMNS = [("variant", "variant"), ("format", "format"), ("size_mb", "size MB"), ("parameters", "params"),
            ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("throughput_per_s", "batch-32 /s"),
            ("accuracy", "accuracy"), ("accuracy_drop_points", "drop (pts)"),
@@ -139,7 +140,7 @@ def run_benchmark(export_dir: Path, eval_set: EvalSet, num_labels: int, num_para
                      key=lambda item: (ORDER.index(item[0]) if item[0] in ORDER else len(ORDER), item[0]))
     with torch_threads(settings.threads):
         for name, entry in entries:
-            if entry["format"] not in (*RUNTIME_FORMATS, "coreml"):
+            if entry["format"] not in BENCHMARKED_FORMATS:
                 continue
             row: dict[str, Any] = {"variant": name, "format": entry["format"], "path": entry["path"],
                                    "size_mb": entry["bytes"] / 1e6, "parameters": num_parameters}
@@ -255,7 +256,7 @@ def budget_verdicts(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
               ("accuracy drop", "accuracy_drop_points", "pts", budgets.max_accuracy_drop, False),
               ("p50", "p50_ms", "ms", budgets.max_p50_ms, False),
               ("lead over baseline", "lead_over_baseline_points", "pts", budgets.min_lead_over_baseline, True)]
-    limits = [limit for limit in limits if limit[3] is not None]
+    limits = [(title, key, unit, limit, floor) for title, key, unit, limit, floor in limits if limit is not None]
     if not limits:
         return ["budgets: none set (ExportBenchmark budgets: max_size_mb, max_accuracy_drop, max_p50_ms, "
                 "min_lead_over_baseline)"]
@@ -269,7 +270,7 @@ def budget_verdicts(rows: list[dict[str, Any]], budgets: Budgets) -> list[str]:
             if value is None:
                 parts.append(f"{title} not measured")
                 continue
-            ok = value >= limit if floor else value <= limit  # type: ignore[operator]
+            ok = value >= limit if floor else value <= limit
             passed &= ok
             sign = (">=" if ok else "<") if floor else ("<=" if ok else ">")
             parts.append(f"{title} {value:.2f} {unit} {sign} {limit} {'OK' if ok else 'FAIL'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from transformers import BertTokenizer
@@ -20,6 +20,14 @@ class ScalarWriter(Protocol):
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """What ``python -m recipes export`` calls on each exporting callback (``OnnxExport``, ``CoreMLExport``, ...): the
+    same step its ``on_fit_end`` runs, on a context built from a checkpoint instead of a finished fit."""
+
+    def export(self, context: ExportContext) -> Any: ...
 
 
 @dataclass

@@ -26,9 +26,9 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -42,6 +42,42 @@ DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "mac
 ComputeUnits = Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]
 Precision = Literal["float16", "float32"]
 IOS18_TARGETS = ("iOS18", "macOS15")  # several enumerated inputs; sparse + int8 (joint) weight compression
+
+
+@dataclass(frozen=True)
+class CoreMLSettings:
+    """How the classifier converts to Core ML (``CoreMLExport`` builds it; the manifest records its fields).
+
+    Input length: ``sequence_length`` tokens, a ``RangeDim`` from ``flexible_min`` up to it, or ``enumerated``
+    lengths (the largest is the default). ``None`` and ``auto`` lengths (chosen from the training split, see
+    :mod:`export.shapes`) are resolved by ``export.steps.write_coreml`` before ``convert`` sees them."""
+
+    sequence_length: int | Literal["auto"] | None = None
+    flexible_min: int | None = None
+    target: DeploymentTarget = "iOS17"
+    compute_units: ComputeUnits = "ALL"
+    precision: Precision = "float16"
+    enumerated: list[int] | Literal["auto"] | None = None
+
+    def resolved(self, sequence_length: int, enumerated: list[int] | None) -> CoreMLSettings:
+        return replace(self, sequence_length=sequence_length, enumerated=enumerated)
+
+    @property
+    def length(self) -> int:
+        """The (largest) input length of resolved settings."""
+        if not isinstance(self.sequence_length, int) or self.enumerated == "auto":
+            raise ExportError(f"Core ML settings with unresolved lengths ({self.sequence_length}, {self.enumerated}); "
+                              "resolve them with export.shapes.resolve first")
+        return self.sequence_length
+
+    @property
+    def lengths(self) -> list[int] | None:
+        """The enumerated lengths of resolved settings (None: one fixed length or a range)."""
+        return self.enumerated if isinstance(self.enumerated, list) else None
+
+    def record(self) -> dict[str, Any]:
+        """The fields as the manifest records them beside each Core ML artifact."""
+        return asdict(self)
 
 
 @dataclass
@@ -166,15 +202,15 @@ def exported_program(shipped: ShippedModel, sequence_length: int, flexible_min: 
         return torch.export.export(graph, example, dynamic_shapes=dynamic).run_decompositions({})
 
 
-def convert(shipped: ShippedModel, *, sequence_length: int, flexible_min: int | None, target: DeploymentTarget,
-            compute_units: ComputeUnits, precision: Precision, metadata: dict[str, str],
-            output: Literal["logits", "features"] = "logits",
-            enumerated: list[int] | None = None) -> tuple[Any, torch.export.ExportedProgram]:
-    """The ML Program (an ``MLModel``) and the exported program it was converted from.
+def convert(shipped: ShippedModel, settings: CoreMLSettings, *, metadata: dict[str, str],
+            output: Literal["logits", "features"] = "logits") -> tuple[Any, torch.export.ExportedProgram]:
+    """The ML Program (an ``MLModel``) and the exported program it was converted from (resolved ``settings``).
 
     Input shape: ``(1, sequence_length)``, or ``(1, RangeDim(flexible_min..sequence_length))``, or
     ``EnumeratedShapes`` of ``(1, length)`` for each ``enumerated`` length (the largest is the default)."""
     ct = _coremltools()
+    sequence_length, flexible_min, enumerated = settings.length, settings.flexible_min, settings.lengths
+    target, compute_units, precision = settings.target, settings.compute_units, settings.precision
     program = exported_program(shipped, sequence_length, flexible_min, output, enumerated)
     shape: Any = (1, sequence_length)
     if enumerated and len(enumerated) > 1:
@@ -276,7 +312,7 @@ def updatable_head(shipped: ShippedModel, settings: UpdatableHead) -> Any:
     from coremltools.models.neural_network import NeuralNetworkBuilder, SgdParams
 
     settings.validate()
-    classifier: torch.nn.Linear = shipped.model.classifier  # type: ignore[assignment]
+    classifier = cast(torch.nn.Linear, shipped.model.classifier)
     weight = classifier.weight.detach().float().numpy()  # (num_labels, hidden)
     bias = classifier.bias.detach().float().numpy()
     num_labels, hidden = weight.shape

@@ -12,7 +12,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from export.errors import ExportError
 # Encoder families whose layers take (hidden_states, additive_mask) and whose pooled output feeds a Linear head.
 SUPPORTED_MODEL_TYPES = ("bert", "mobilebert", "ngram_bert")
 MASK_VALUE = -1.0e4  # additive mask for padded keys; fp16-safe (Core ML runs fp16), exp(-1e4) is 0 in fp32 too
+PARITY_TOLERANCE = 1e-3  # max |logit difference| an exported graph may show against PyTorch fp32
 MIN_SEQUENCE = 3  # [CLS] token [SEP]; MobileBERT's trigram embedding also needs 3 to trace with a dynamic length
 
 
@@ -90,7 +91,7 @@ class ClassifierGraph(nn.Module):
         self.pooler = base.pooler
         # ngram_bert pools with the mask (mean pooling, the n-gram bag); BERT and MobileBERT read [CLS] alone
         self.pooled_features = getattr(base, "pooled_features", None)
-        self.classifier: nn.Linear = model.classifier  # type: ignore[assignment]
+        self.classifier = cast(nn.Linear, model.classifier)
         self.output = output
         self.squeeze_batch = squeeze_batch
 

@@ -254,7 +254,7 @@ class NgramBertModel(BertModel):
         else:
             pooled = self.pooler(hidden)
         if self.config.ngram_bag:
-            ngram: HashedNgramEmbedding = self.embeddings.ngram  # type: ignore[assignment]
+            ngram = cast(HashedNgramEmbedding, self.embeddings.ngram)
             bag = masked_mean(ngram.table_vectors(input_ids), attention_mask)  # (batch, ngram_size)
             pooled = torch.cat([pooled, bag], dim=-1)
         return pooled

@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from export import coreml, monitoring, personalization, shapes
 from export.assets import (
@@ -38,7 +39,7 @@ from export.evaluation import (
     torch_predictor,
 )
 from export.files import read_manifest, record, write_json
-from export.graph import MIN_SEQUENCE, ShippedModel, load_hf_dir
+from export.graph import MIN_SEQUENCE, PARITY_TOLERANCE, ShippedModel, load_hf_dir
 from export.onnx_export import export_onnx, onnx_session, quantize_onnx_int8
 from export.profile import ProfileSettings, write_profile
 from export.profile import markdown as profile_markdown
@@ -86,16 +87,14 @@ def write_onnx(ctx: ExportContext, opset: int = 18, int8: bool = True, min_agree
                quantization="onnxruntime dynamic int8, per-channel weights", **_figures(ctx, logits))
 
 
-def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes.Auto | None,
-                 flexible_min: int | None, target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits,
-                 precision: coreml.Precision, quantize_8bit: bool, head: coreml.UpdatableHead | None,
-                 parity_examples: int, enumerated: list[int] | shapes.Auto | None = None,
-                 sparse: bool = False) -> None:
+def write_coreml(ctx: ExportContext, settings: coreml.CoreMLSettings, *, name: str, quantize_8bit: bool,
+                 head: coreml.UpdatableHead | None, parity_examples: int, sparse: bool = False) -> None:
     """``<name>.mlpackage``, ``<name>8Bit.mlpackage`` and the updatable ``<name>Personalizable.mlpackage``.
 
-    Input length: ``sequence_length`` (the model's max length when None; ``auto``: from the training data), a
-    ``RangeDim`` from ``flexible_min`` up to it, or ``enumerated`` lengths (``auto``: from the training data); see
+    Input length: ``settings.sequence_length`` (the model's max length when None; ``auto``: from the training data),
+    a ``RangeDim`` from ``flexible_min`` up to it, or ``enumerated`` lengths (``auto``: from the training data); see
     :mod:`export.shapes`."""
+    sequence_length, flexible_min, enumerated = settings.sequence_length, settings.flexible_min, settings.enumerated
     with coreml.scratch_space():
         lengths, chosen_from = None, None
         if "auto" in (sequence_length, enumerated):
@@ -107,21 +106,18 @@ def write_coreml(ctx: ExportContext, *, name: str, sequence_length: int | shapes
         input_lengths: dict[str, Any] = {"kind": kind, "lengths": chosen or [length], "chosen_from": chosen_from}
         if kind != "range":
             input_lengths["test_routing"] = shapes.routing(ctx.eval_set, chosen or [length])
-        _write_coreml(ctx, name=name, sequence_length=length, flexible_min=flexible_min, target=target,
-                      compute_units=compute_units, precision=precision, quantize_8bit=quantize_8bit, head=head,
-                      parity_examples=parity_examples, enumerated=chosen, input_lengths=input_lengths,
-                      sparse=sparse)
+        _write_coreml(ctx, settings.resolved(length, chosen), name=name, quantize_8bit=quantize_8bit, head=head,
+                      parity_examples=parity_examples, input_lengths=input_lengths, sparse=sparse)
 
 
-def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexible_min: int | None,
-                  target: coreml.DeploymentTarget, compute_units: coreml.ComputeUnits, precision: coreml.Precision,
-                  quantize_8bit: bool, head: coreml.UpdatableHead | None, parity_examples: int,
-                  enumerated: list[int] | None, input_lengths: dict[str, Any], sparse: bool = False) -> None:
+def _write_coreml(ctx: ExportContext, resolved: coreml.CoreMLSettings, *, name: str, quantize_8bit: bool,
+                  head: coreml.UpdatableHead | None, parity_examples: int, input_lengths: dict[str, Any],
+                  sparse: bool = False) -> None:
     shipped, out = ctx.shipped, ctx.export_dir
-    settings = dict(sequence_length=sequence_length, flexible_min=flexible_min, target=target,
-                    compute_units=compute_units, precision=precision, enumerated=enumerated)
+    sequence_length, enumerated, target = resolved.length, resolved.lengths, resolved.target
+    settings = resolved.record()
     meta = coreml.metadata(shipped, tokenizer_settings(ctx.tokenizer, shipped.max_length))
-    mlmodel, program = coreml.convert(shipped, metadata=meta, **settings)  # type: ignore[arg-type]
+    mlmodel, program = coreml.convert(shipped, resolved, metadata=meta)
     graph = _require_parity(coreml.graph_parity(program, shipped, ctx.eval_set, sequence_length, parity_examples),
                             "the Core ML export graph")
     common = {**settings, "graph_parity_vs_pytorch": graph, "checked_on_linux": "spec, I/O, exported-graph numerics",
@@ -145,7 +141,7 @@ def _write_coreml(ctx: ExportContext, *, name: str, sequence_length: int, flexib
     if sparse:
         write_sparse(ctx, name, mlmodel, settings, joint_8bit=quantize_8bit and target in coreml.IOS18_TARGETS)
     if head is not None:
-        write_personalizable(ctx, name, settings, meta, head, parity_examples)
+        write_personalizable(ctx, name, resolved, meta, head, parity_examples)
 
 
 def write_sparse(ctx: ExportContext, name: str, mlmodel: Any, settings: dict[str, Any], joint_8bit: bool) -> None:
@@ -170,10 +166,10 @@ def write_sparse(ctx: ExportContext, name: str, mlmodel: Any, settings: dict[str
                checked_on_linux="spec, I/O; accuracy simulated with the same int8 weights in PyTorch fp32 maths")
 
 
-def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any], meta: dict[str, str],
+def write_personalizable(ctx: ExportContext, name: str, settings: coreml.CoreMLSettings, meta: dict[str, str],
                          head: coreml.UpdatableHead, parity_examples: int) -> None:
     out = ctx.export_dir
-    encoder, program = coreml.convert(ctx.shipped, metadata=meta, output="features", **settings)
+    encoder, program = coreml.convert(ctx.shipped, settings, metadata=meta, output="features")
     head_model = coreml.updatable_head(ctx.shipped, head)
     coreml.save(encoder, out / f"{name}Encoder.mlpackage")
     coreml.save(head_model, out / f"{name}Head.mlmodel")
@@ -184,9 +180,9 @@ def write_personalizable(ctx: ExportContext, name: str, settings: dict[str, Any]
     coreml.save(pipeline, path)
     spec = coreml.describe(coreml.load_spec(path))
     checks = _require_parity(head_parity(program, coreml.load_spec(out / f"{name}Head.mlmodel"), ctx,
-                                         settings["sequence_length"], parity_examples), "the personalizable pipeline")
+                                         settings.length, parity_examples), "the personalizable pipeline")
     record(out, "coreml_personalizable", "coreml", path, spec=spec, pipeline_parity_vs_pytorch=checks,
-           updatable_head=vars(head), **settings)
+           updatable_head=vars(head), **settings.record())
     record(out, "coreml_encoder", "coreml-part", out / f"{name}Encoder.mlpackage")
     head_entry = record(out, "coreml_head", "coreml-part", out / f"{name}Head.mlmodel")
     write_rollback(ctx, out / f"{name}Head.mlmodel", head_entry["sha256"], head)
@@ -227,7 +223,7 @@ def head_parity(program: torch.export.ExportedProgram, head_spec: Any, ctx: Expo
     return {"examples": len(reference), **parity(np.stack(reference), np.stack(logits))}
 
 
-def _require_parity(figures: dict[str, Any], what: str, tolerance: float = 1e-3) -> dict[str, Any]:
+def _require_parity(figures: dict[str, Any], what: str, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
     """Stop the export when a graph that should compute the PyTorch model's logits does not."""
     if figures["max_abs_logit_diff"] > tolerance:
         raise ExportError(f"{what} differs from the PyTorch model by {figures['max_abs_logit_diff']:.3g} in logits "
@@ -316,12 +312,14 @@ def write_layer_profile(ctx: ExportContext, settings: ProfileSettings) -> dict[s
     return report
 
 
-def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settings: Any) -> None:
-    """Trial-export an untrained ``model`` (ONNX or Core ML) into a temp dir so unsupported ops fail in seconds."""
+def preflight(model: torch.nn.Module, max_length: int, fmt: str, coreml_settings: coreml.CoreMLSettings | None = None,
+              head: coreml.UpdatableHead | None = None) -> None:
+    """Trial-export an untrained ``model`` (ONNX, or Core ML with ``coreml_settings`` and the updatable ``head``)
+    into a temp dir so unsupported ops fail in seconds."""
     model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()  # leave the training model alone
     config: Any = getattr(model, "config", None)
     labels = [str(v) for v in (getattr(config, "id2label", None) or {0: "a", 1: "b"}).values()]
-    shipped = ShippedModel(model=model, label_names=labels, vocab=[], max_length=max_length,  # type: ignore[arg-type]
+    shipped = ShippedModel(model=cast(PreTrainedModel, model), label_names=labels, vocab=[], max_length=max_length,
                            source="untrained (pre-flight)")
     generator = torch.Generator().manual_seed(0)
     vocab_size = int(getattr(config, "vocab_size", 1000))
@@ -335,28 +333,28 @@ def preflight(model: torch.nn.Module, max_length: int, fmt: str, **coreml_settin
             onnx_logits = predict_all(onnx_predictor(onnx_session(out / "model.onnx")), eval_set)
             torch_logits = predict_all(hf_predictor(shipped.model), eval_set)
             figures = parity(torch_logits, onnx_logits)
-            if figures["max_abs_logit_diff"] > 1e-3:
+            if figures["max_abs_logit_diff"] > PARITY_TOLERANCE:
                 raise ExportError(f"pre-flight: ONNX logits differ from PyTorch by {figures['max_abs_logit_diff']:.3g}")
             return
         with coreml.scratch_space():
-            _preflight_coreml(shipped, eval_set, out, **coreml_settings)
+            _preflight_coreml(shipped, eval_set, out, coreml_settings or coreml.CoreMLSettings(), head)
 
 
-def _preflight_coreml(shipped: ShippedModel, eval_set: EvalSet, out: Path, **coreml_settings: Any) -> None:
-    head: coreml.UpdatableHead | None = coreml_settings.pop("head")
+def _preflight_coreml(shipped: ShippedModel, eval_set: EvalSet, out: Path, requested: coreml.CoreMLSettings,
+                      head: coreml.UpdatableHead | None) -> None:
     # no training data yet: an `auto` length converts as the max length, `auto` enumerated lengths as two of them
-    sequence_length, enumerated = coreml_settings.get("sequence_length"), coreml_settings.get("enumerated")
-    coreml_settings["sequence_length"], coreml_settings["enumerated"] = shapes.resolve(
+    sequence_length, enumerated = requested.sequence_length, requested.enumerated
+    settings = requested.resolved(*shapes.resolve(
         None if sequence_length == "auto" else sequence_length,
         [max(MIN_SEQUENCE, shipped.max_length // 2), shipped.max_length] if enumerated == "auto" else enumerated,
-        shipped.max_length, None)
-    mlmodel, program = coreml.convert(shipped, metadata={}, **coreml_settings)
-    figures = coreml.graph_parity(program, shipped, eval_set, coreml_settings["sequence_length"], 2)
-    if figures["max_abs_logit_diff"] > 1e-3:
+        shipped.max_length, None))
+    mlmodel, program = coreml.convert(shipped, settings, metadata={})
+    figures = coreml.graph_parity(program, shipped, eval_set, settings.length, 2)
+    if figures["max_abs_logit_diff"] > PARITY_TOLERANCE:
         raise ExportError(f"pre-flight: the Core ML export graph differs from PyTorch by "
                           f"{figures['max_abs_logit_diff']:.3g}")
     coreml.save(mlmodel, out / "model.mlpackage")
     if head is not None:
-        encoder, _ = coreml.convert(shipped, metadata={}, output="features", **coreml_settings)
+        encoder, _ = coreml.convert(shipped, settings, metadata={}, output="features")
         coreml.save(coreml.personalizable_pipeline(encoder, coreml.updatable_head(shipped, head)),
                     out / "personalizable.mlpackage")

@@ -1,8 +1,8 @@
 """Reading checkpoints safely and rebuilding the exportable Hugging Face model from one.
 
-Contract every pocketbert LightningModule keeps (see ``save_export_info``): the classifier that ships is an HF
-``PreTrainedModel`` under the ``model.`` prefix of the state dict, and ``checkpoint["pocketbert"]`` holds
-``label_names``, ``vocab`` (the tokens the shipped model's ids index, in id order), ``tokenizer_settings``
+Contract every pocketbert LightningModule keeps (see ``lightning_modules.training.save_export_info``): the classifier
+that ships is an HF ``PreTrainedModel`` under the ``model.`` prefix of the state dict, and ``checkpoint["pocketbert"]``
+holds ``label_names``, ``vocab`` (the tokens the shipped model's ids index, in id order), ``tokenizer_settings``
 (lower-casing, accent stripping, CJK splitting, tokenizer class), ``max_length``, ``hf_class`` and ``hf_config``.
 Nothing else (a teacher, a token remap used only in training) is needed to export.
 """

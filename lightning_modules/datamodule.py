@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -15,10 +13,11 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lightning_modules.batching import PadCollator, ResumableSampler, TokenizedDataset
 from lightning_modules.corpus import (
     Column,
     CorpusFormat,
@@ -34,7 +33,7 @@ from lightning_modules.corpus import (
 )
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import PACKAGED_VOCAB_NAME, load_tokenizer, packaged_vocab
-from lightning_modules.token_cache import TokenizedTexts, tokenize, tokenizer_fingerprint
+from lightning_modules.token_cache import tokenize, tokenizer_fingerprint
 
 # The DataModule resumes its sampler mid-epoch itself (see NewsDataModule.state_dict), so Lightning's warning that
 # the loader "is not resumable" does not apply.
@@ -45,128 +44,6 @@ DATA_DIR_ENV = "NEWS_DATA_DIR"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = ("train", "val", "test")
 NO_LABEL = -1  # label id of predict rows whose true label is unknown
-
-
-class TokenizedDataset(Dataset[dict[str, Any]]):
-    """Examples as variable-length token ids; ``index`` lets per-example caches (teacher logits) line up."""
-
-    def __init__(self, tokens: TokenizedTexts, labels: torch.Tensor) -> None:
-        self.tokens = tokens
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.tokens.row(index), "label": self.labels[index], "index": index}
-
-
-class PadCollator:
-    """Pads a batch to its longest row (headlines are short: padding to max_length would waste 3-5x compute)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(row["input_ids"].numel() for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # (batch, seq)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = row["input_ids"].numel()
-            input_ids[i, :n] = row["input_ids"]
-            attention_mask[i, :n] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": torch.stack([torch.as_tensor(row["label"]) for row in rows]),
-            "index": torch.tensor([row["index"] for row in rows]),
-        }
-
-
-class _Positions(Dataset[int]):
-    """``range(size)`` as the dataset ``DistributedSampler`` sizes its shards by (it never reads the rows)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-class ResumableSampler(DistributedSampler[int]):
-    """Shuffles with ``seed + epoch`` (its own generator, so the global RNG that drives dropout is untouched) and
-    can start an epoch part-way through, so a run resumed mid-epoch sees exactly the batches it had left.
-
-    With ``lengths`` and ``batch_size``, batches are length-grouped: the shuffled order is cut into pools of
-    ``batch_size * pool_batches`` examples, each pool is sorted by length and cut into batches, and the batches
-    are shuffled. Batches padded to their longest row then carry little padding (on news headlines a random batch
-    is padded to 1.5x the mean length), while every epoch still visits the examples in a new random grouping.
-
-    Under DDP (``num_replicas`` > 1) it shards the epoch itself, so Lightning does not wrap it in a
-    ``DistributedSampler`` (which would index it by a length the resumed epoch no longer has): the global order is
-    grouped into batches of ``batch_size * num_replicas``, padded like ``DistributedSampler`` to a multiple of
-    ``num_replicas``, and rank ``r`` takes every ``num_replicas``-th example from ``r`` on, so each rank's batches
-    stay length-grouped and every rank runs the same number of batches. A resumed epoch skips the samples this
-    rank already trained (``samples_done`` counts one rank's samples). With one process it is the plain order.
-    """
-
-    def __init__(self, size: int, seed: int, lengths: torch.Tensor | None = None, batch_size: int = 1,
-                 pool_batches: int = 50, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(_Positions(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.size = size
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.group = batch_size * num_replicas  # the examples of one step across all ranks
-        self.pool = self.group * pool_batches
-        self._resume_at: tuple[int, int] | None = None  # (epoch, samples this rank had seen in it)
-
-    @override
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
-        self.epoch = epoch
-
-    def resume(self, epoch: int, samples_done: int) -> None:
-        self._resume_at = (epoch, samples_done)
-
-    def order(self) -> list[int]:
-        """The epoch's global order (every rank computes the same one)."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        if self.lengths is None or self.batch_size < 2:
-            return order.tolist()
-        batches: list[torch.Tensor] = []
-        for start in range(0, self.size, self.pool):
-            pool = order[start : start + self.pool]
-            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            batches += list(pool.split(self.group))
-        # the last, possibly short, batch stays last: Lightning counts batches, not rows, when resuming
-        full = [batch for batch in batches if len(batch) == self.group]
-        short = [batch for batch in batches if len(batch) < self.group]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        return torch.cat(shuffled + short).tolist()
-
-    def shard(self) -> list[int]:
-        """This rank's part of the epoch: ``num_samples`` indices."""
-        order = self.order()
-        if self.num_replicas == 1:
-            return order
-        padding = self.total_size - len(order)
-        padded = order + (order * math.ceil(padding / max(1, len(order))))[:padding]
-        return padded[self.rank : self.total_size : self.num_replicas]
-
-    @override
-    def __iter__(self) -> Iterator[int]:
-        shard = self.shard()
-        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
-        self._resume_at = None
-        yield from shard[skip:]
-
-    @override
-    def __len__(self) -> int:
-        # the whole epoch's share even when resumed: Lightning counts the batches already done in it
-        return self.num_samples
 
 
 class NewsDataModule(L.LightningDataModule):
@@ -217,6 +94,9 @@ class NewsDataModule(L.LightningDataModule):
         cache_dir: Where tokenized data is cached; defaults to ``.cache/pocketbert`` in the working directory.
         length_grouping: Build training batches of similar lengths (shuffled pools sorted by length), so that
             padding to each batch's longest row wastes little compute; ``false`` gives plain random batches.
+        shuffle_seed: Seed of the training order (each epoch shuffles with ``shuffle_seed + epoch``), independent of
+            the split: vary it to change the batches while keeping the same train/val/test rows. ``None``:
+            ``split_seed`` (the order of runs before this option existed).
     """
 
     def __init__(
@@ -247,6 +127,7 @@ class NewsDataModule(L.LightningDataModule):
         limit_per_class: int | None = None,
         cache_dir: Path | None = None,
         length_grouping: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if max_length < 8:
@@ -283,6 +164,7 @@ class NewsDataModule(L.LightningDataModule):
         self.limit = limit_per_class
         self.cache_dir = cache_dir if cache_dir is not None else Path(".cache/pocketbert")
         self.length_grouping = length_grouping
+        self.shuffle_seed = split_seed if shuffle_seed is None else shuffle_seed
         self.datasets: dict[str, TokenizedDataset] = {}
         self.texts: dict[str, list[str]] = {}
         self.true_labels: dict[str, list[str | None]] = {}  # label names per split (None: unknown, predict_file)
@@ -485,7 +367,7 @@ class NewsDataModule(L.LightningDataModule):
             "collate_fn": PadCollator(int(self.tokenizer.pad_token_id or 0)),
             "persistent_workers": self.num_workers > 0,
             # a private generator: creating a loader iterator must not draw from the global RNG (dropout's)
-            "generator": torch.Generator().manual_seed(self.split_seed),
+            "generator": torch.Generator().manual_seed(self.shuffle_seed),
         }
 
     def _train_progress(self) -> tuple[int, int]:
@@ -510,7 +392,7 @@ class NewsDataModule(L.LightningDataModule):
         tokens = self.datasets["train"].tokens
         lengths = tokens.offsets[1:] - tokens.offsets[:-1] if self.length_grouping else None
         replicas, rank = self._replicas()
-        sampler = ResumableSampler(len(tokens), self.split_seed, lengths, self.batch_size, num_replicas=replicas,
+        sampler = ResumableSampler(len(tokens), self.shuffle_seed, lengths, self.batch_size, num_replicas=replicas,
                                    rank=rank)
         if self._resume_at is not None:
             sampler.resume(*self._resume_at)

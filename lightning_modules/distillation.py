@@ -14,26 +14,38 @@ from transformers import PreTrainedModel
 from typing_extensions import override
 
 from export.files import write_json
-from lightning_modules.classifier import (
-    adamw_with_linear_warmup,
-    check_labels,
-    check_training_args,
-    log_epoch_metrics,
-    log_eval_step,
-    raise_if_not_finite,
-    save_export_info,
-)
-from lightning_modules.encoders import PRESETS, EncoderSpec, build_from_spec, load_pretrained
+from lightning_modules import training
+from lightning_modules.batching import TextsData, padded_rows
+from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
-from lightning_modules.metrics import ClassificationMetrics
-from lightning_modules.teacher_cache import Teacher, check_layer_map, check_same_teachers, load_teacher, padded_rows
+from lightning_modules.teacher_cache import (
+    check_layer_map,
+    check_same_teachers,
+    load_matching_teacher,
+    load_teacher,
+    teacher_batch_outputs,
+)
 from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
 from lightning_modules.token_cache import TokenizedTexts, tokenize
 from lightning_modules.vocab_pruning import PrunedVocab, check_prunable
 
 PresetName = Literal["roberta_l4_h512", "mobilebert", "tiny"]  # the keys of encoders.PRESETS
+
+
+def check_distillation_args(alpha: float, temperature: float, dropout: float, learning_rate: float,
+                            pretrained: str | None, architecture: EncoderSpec | None, preset: str | None) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
+    if temperature <= 0:
+        raise PocketbertError(f"temperature must be positive, got {temperature}")
+    training.check_training_args(dropout, learning_rate)
+    if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
+        raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
+    if preset is not None and preset not in PRESETS:
+        raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+
 
 class DistillationModule(L.LightningModule):
     """A student classifier trained on hard labels and on a frozen teacher's softened logits.
@@ -86,9 +98,8 @@ class DistillationModule(L.LightningModule):
         label_names: list[str] | None = None,
         tokenizer: str = "vocab/bert-base-chinese-vocab.txt",
         max_length: int = 128,
-        pretrained: str | None = None,
-        architecture: EncoderSpec | None = None,
-        preset: PresetName | None = None,
+        # the student: exactly one of the three
+        pretrained: str | None = None, architecture: EncoderSpec | None = None, preset: PresetName | None = None,
         alpha: float = 0.5,
         temperature: float = 2.0,
         layer_map: dict[int, int] | None = None,
@@ -96,24 +107,14 @@ class DistillationModule(L.LightningModule):
         teacher_cache: bool = True,
         prune_vocab: bool | None = None,
         num_labels: int | None = None,
-        dropout: float = 0.1,
-        learning_rate: float = 5e-4,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
+        # the student's training, as in TextClassifier
+        dropout: float = 0.1, learning_rate: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
         teacher_batch_size: int = 128,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        self.label_names = check_labels(label_names, num_labels)
-        if not 0.0 <= alpha <= 1.0:
-            raise PocketbertError(f"alpha must be in [0, 1] (the weight of the hard-label loss), got {alpha}")
-        if temperature <= 0:
-            raise PocketbertError(f"temperature must be positive, got {temperature}")
-        check_training_args(dropout, learning_rate)
-        if (pretrained is not None) + (architecture is not None) + (preset is not None) != 1:
-            raise PocketbertError("give the student exactly one of model.init_args.pretrained, architecture or preset")
-        if preset is not None and preset not in PRESETS:
-            raise PocketbertError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+        self.label_names = training.check_labels(label_names, num_labels)
+        check_distillation_args(alpha, temperature, dropout, learning_rate, pretrained, architecture, preset)
         self.extra_teachers = list(teachers or [])
         if self.extra_teachers and (layer_map or not teacher_cache):
             raise PocketbertError("hidden-state matching (layer_map) and teacher_cache: false run one teacher on "
@@ -126,31 +127,13 @@ class DistillationModule(L.LightningModule):
             if pretrained is not None:
                 resolve_pretrained(pretrained)  # fail fast offline, before the teacher is looked for
         self.tokenizer = self.data_tokenizer  # what ships: replaced by the pruned tokenizer when pruning
-        self.teacher: Teacher | None = None
-        # Only fitting needs the teacher: a trained student is tested, predicted and exported without its file (the
-        # hyperparameters still name it), so a missing file is an error when fit starts (setup), not here.
-        self.missing_teacher: Path | None = None
-        if teacher_checkpoint is not None and not Path(teacher_checkpoint).is_file():
-            self.missing_teacher = Path(teacher_checkpoint)
-        elif teacher_checkpoint is not None:
-            with torch.random.fork_rng(devices=[]):  # building the teacher must not shift the student's random init
-                self.teacher = load_teacher(Path(teacher_checkpoint))
-            if self.teacher.label_names != self.label_names:
-                raise PocketbertError(f"the teacher {teacher_checkpoint} was trained on labels "
-                                      f"{self.teacher.label_names} but the data has {self.label_names}; give the "
-                                      "data the teacher's label list (data.init_args.labels) or train a matching "
-                                      "teacher")
-        self.model: PreTrainedModel
-        if pretrained is not None:
-            with distillation_offline_hint():
-                self.model = load_pretrained(pretrained, label_names=self.label_names, dropout=dropout,
-                                             tokenizer=self.data_tokenizer,
-                                             trust_remote_code=trust_remote_code)
-        else:
-            spec = architecture if architecture is not None else PRESETS[str(preset)]
-            self.model = build_from_spec(spec, vocab_size=len(self.data_tokenizer),
-                                         pad_token_id=int(self.data_tokenizer.pad_token_id or 0),
-                                         label_names=self.label_names, dropout=dropout)
+        # a missing teacher file is an error when fit starts (setup): a trained student is evaluated without it
+        self.teacher, self.missing_teacher = load_matching_teacher(teacher_checkpoint, self.label_names)
+        source = pretrained if pretrained is not None else architecture or PRESETS[str(preset)]
+        with distillation_offline_hint():
+            self.model: PreTrainedModel = build_classifier(source, tokenizer=self.data_tokenizer,
+                                                           label_names=self.label_names, dropout=dropout,
+                                                           trust_remote_code=trust_remote_code)
         self.prune = pretrained is None if prune_vocab is None else prune_vocab
         if self.prune:
             check_prunable(self.data_tokenizer)
@@ -165,8 +148,8 @@ class DistillationModule(L.LightningModule):
         self._teacher_logits: torch.Tensor | None = None  # (train size, num_labels), on the training device
         self._teacher_tokens: TokenizedTexts | None = None  # the training texts in the teacher's vocabulary
         self._eval_tokens: dict[tuple[str, int], TokenizedTexts] = {}  # (split, id of its texts) -> pruned ids
-        self.val_metrics = ClassificationMetrics(len(self.label_names))
-        self.test_metrics = ClassificationMetrics(len(self.label_names))
+        self.val_metrics = training.StageMetrics("val", self.label_names)
+        self.test_metrics = training.StageMetrics("test", self.label_names)
 
     # ---- data: pruning and the teacher's inputs ------------------------------------------------------------------
     @override
@@ -177,18 +160,17 @@ class DistillationModule(L.LightningModule):
             load_teacher(self.missing_teacher)  # raises its one-line "not found: train the teacher first" error
         if self.teacher is None and not self.extra_teachers:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint or teachers")
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        texts: dict[str, list[str]] = getattr(datamodule, "texts", {})
-        if "train" not in texts:
+        datamodule = self._datamodule()
+        if datamodule is None or "train" not in datamodule.texts:
             raise PocketbertError("DistillationModule trains with a NewsDataModule (it looks teacher inputs up by "
                                   "the batch's `index` in datamodule.texts); pass datamodule=...")
+        texts, cache_dir = datamodule.texts, datamodule.cache_dir
         if self.prune and self.pruned is None:
             self._apply_pruning(PrunedVocab.from_training_ids(self.data_tokenizer,
                                                               datamodule.datasets["train"].tokens.ids))
         device = self.trainer.strategy.root_device
-        cache_dir = getattr(datamodule, "cache_dir", None)
         if self.teacher is not None and (self.layer_map is not None or not self.hparams["teacher_cache"]):
-            self.teacher.model.to(device)  # type: ignore[arg-type]
+            self.teacher.to(device)
             rank_zero_info("the teacher runs on every batch (layer_map or teacher_cache: false)")
             if self.layer_map is None:
                 self._teacher_tokens = tokenize(texts["train"], self.teacher.tokenizer, self.teacher.max_length,
@@ -220,19 +202,21 @@ class DistillationModule(L.LightningModule):
         if tokens is not None:
             input_ids, attention_mask = padded_rows(tokens, batch["index"].tolist(), int(self.tokenizer.pad_token_id))
             return input_ids.to(self.device), attention_mask.to(self.device)
-        if self.pruned.id_map.device != batch["input_ids"].device:
-            self.pruned.id_map = self.pruned.id_map.to(batch["input_ids"].device)
-        return self.pruned.id_map[batch["input_ids"]], batch["attention_mask"]
+        return self.pruned.remap(batch["input_ids"]), batch["attention_mask"]
+
+    def _datamodule(self) -> TextsData | None:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return datamodule if isinstance(datamodule, TextsData) else None
 
     def _pruned_eval_tokens(self, split: str) -> TokenizedTexts | None:
-        datamodule = getattr(self._trainer, "datamodule", None)
-        texts = getattr(datamodule, "texts", {}).get(split)
-        if texts is None:
+        datamodule = self._datamodule()
+        texts = datamodule.texts.get(split) if datamodule is not None else None
+        if datamodule is None or texts is None:
             return None  # no texts to re-tokenize (bare dataloaders): the remapped ids are the best we have
         key = (split, id(texts))
         if key not in self._eval_tokens:
             self._eval_tokens[key] = tokenize(texts, self.tokenizer, int(self.hparams["max_length"]),
-                                              getattr(datamodule, "cache_dir", None), desc=f"tokenizing {split}")
+                                              datamodule.cache_dir, desc=f"tokenizing {split}")
         return self._eval_tokens[key]
 
     def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -241,18 +225,8 @@ class DistillationModule(L.LightningModule):
             return self._teacher_logits[batch["index"]], None
         if self.teacher is None:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint")
-        with torch.no_grad():
-            if self.layer_map is not None:
-                output = self.teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                            output_hidden_states=True)
-                return output.logits, output.hidden_states
-            if self._teacher_tokens is None:
-                raise PocketbertError("the teacher's inputs are not prepared: train with trainer.fit(datamodule=...)")
-            input_ids, attention_mask = padded_rows(self._teacher_tokens, batch["index"].tolist(),
-                                                    int(self.teacher.tokenizer.pad_token_id or 0))
-            logits = self.teacher.model(input_ids=input_ids.to(self.device),
-                                        attention_mask=attention_mask.to(self.device)).logits
-            return logits, None
+        return teacher_batch_outputs(self.teacher, batch, self._teacher_tokens,
+                                     hidden_states=self.layer_map is not None, device=self.device)
 
     # ---- steps ---------------------------------------------------------------------------------------------------
     @override
@@ -275,38 +249,36 @@ class DistillationModule(L.LightningModule):
                                        attention_mask)
             loss = loss + self.hparams["hidden_weight"] * hidden
             parts["train_hidden_loss"] = hidden
-        raise_if_not_finite(loss, self.global_step)
+        training.raise_if_not_finite(loss, self.global_step)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(input_ids))
         self.log_dict(parts, batch_size=len(input_ids))
         return loss
 
     @override
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        log_eval_step(self, "val", self(*self._student_inputs(batch, "val")), batch["labels"], self.val_metrics)
+        self.val_metrics.step(self, self(*self._student_inputs(batch, "val")), batch["labels"])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.epoch_end(self)
 
     @override
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        log_eval_step(self, "test", self(*self._student_inputs(batch, "test")), batch["labels"], self.test_metrics)
+        self.test_metrics.step(self, self(*self._student_inputs(batch, "test")), batch["labels"])
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics.epoch_end(self)
 
     @override
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         # NewsDataModule predicts on its test split.
-        probabilities = self(*self._student_inputs(batch, "test")).float().softmax(dim=-1)
-        return {"probabilities": probabilities, "predictions": probabilities.argmax(dim=-1), "index": batch["index"]}
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        log_epoch_metrics(self, "val", self.val_metrics)
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        log_epoch_metrics(self, "test", self.test_metrics)
+        return training.prediction(self(*self._student_inputs(batch, "test")), batch["index"])
 
     @override
     def configure_optimizers(self) -> Any:
-        hp = self.hparams  # the student and the hidden-state projection; the teacher is no submodule
-        return adamw_with_linear_warmup(self, list(self.named_parameters()), hp["learning_rate"],
-                                        hp["weight_decay"], hp["warmup_ratio"])
+        # the student and the hidden-state projection; the teacher is no submodule
+        return training.adamw_with_linear_warmup(self, list(self.named_parameters()))
 
     @override
     def on_fit_start(self) -> None:
@@ -319,7 +291,8 @@ class DistillationModule(L.LightningModule):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_export_info(self, checkpoint)  # the vocab saved is the pruned one: the shipped model's ids index it
+        # the vocab saved is the pruned one: the shipped model's ids index it
+        training.save_export_info(self, checkpoint)
         checkpoint["pocketbert"]["distillation"] = {
             "teacher": str(self.teacher.path.resolve()) if self.teacher is not None else None,  # not the `latest` link
             "teacher_fingerprint": self.teacher.fingerprint if self.teacher is not None else None,

@@ -85,6 +85,20 @@ def build_from_spec(
     return AutoModelForSequenceClassification.from_config(config)
 
 
+def build_classifier(
+    source: str | EncoderSpec, *, tokenizer: PreTrainedTokenizerBase, label_names: list[str], dropout: float,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """The classifier a LightningModule trains: ``source`` is a pretrained model (hub name or local directory,
+    loaded with a fresh head and checked against ``tokenizer``) or an ``EncoderSpec`` built from scratch over
+    ``tokenizer``'s vocabulary."""
+    if isinstance(source, EncoderSpec):
+        return build_from_spec(source, vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id or 0),
+                               label_names=label_names, dropout=dropout)
+    return load_pretrained(source, label_names=label_names, dropout=dropout, tokenizer=tokenizer,
+                           trust_remote_code=trust_remote_code)
+
+
 def build_masked_lm(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dropout: float) -> PreTrainedModel:
     """A randomly initialized masked language model of shape ``spec`` (its encoder is what pretraining trains)."""
     config = encoder_config(spec, vocab_size=vocab_size, pad_token_id=pad_token_id, dropout=dropout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -16,10 +16,10 @@ from typing_extensions import override
 
 from export.assets import write_vocab
 from export.files import atomic_path, write_json
-from lightning_modules.classifier import adamw_with_linear_warmup, check_training_args, raise_if_not_finite
 from lightning_modules.encoders import EncoderSpec, build_masked_lm
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer, resolve_pretrained, vocab_tokens
+from lightning_modules.training import adamw_with_linear_warmup, check_training_args, raise_if_not_finite
 
 PRETRAINED_DIR = "pretrained"
 
@@ -140,7 +140,8 @@ class MaskedLMPretraining(L.LightningModule):
         if not bool(chosen.any()):  # a batch of very short texts: predict one token so the loss is defined
             chosen = self.maskable[input_ids] & (torch.cumsum(self.maskable[input_ids].int(), dim=1) == 1)
         hidden = self.model.base_model(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
-        logits = self.model.cls(hidden[chosen]).float()  # type: ignore[operator]  # (chosen, vocab)
+        head = cast(torch.nn.Module, self.model.cls)  # the masked-LM head: hidden -> vocabulary logits
+        logits = head(hidden[chosen]).float()  # (chosen, vocab)
         targets = input_ids[chosen]
         loss = F.cross_entropy(logits, targets)
         return loss, (logits.argmax(dim=-1) == targets).sum(), int(targets.numel())
@@ -170,9 +171,7 @@ class MaskedLMPretraining(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return adamw_with_linear_warmup(self, list(self.model.named_parameters()), hp["learning_rate"],
-                                        hp["weight_decay"], hp["warmup_ratio"])
+        return adamw_with_linear_warmup(self, list(self.model.named_parameters()))
 
     # ---- the product: a Hugging Face model directory -------------------------------------------------------------
     @override

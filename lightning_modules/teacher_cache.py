@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_modules.batching import padded_rows
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import WORDPIECE_CLASSES, run_hint, vocab_tokens, wordpiece_tokenizer
@@ -43,6 +44,11 @@ class Teacher:
     max_length: int
     path: Path
     fingerprint: str  # sha256 of the weights, config, labels, vocabulary and tokenizer settings
+
+    def to(self, device: torch.device) -> Teacher:
+        """Move the teacher's model to ``device`` (Lightning never moves it: it is no submodule of the student)."""
+        torch.nn.Module.to(self.model, device)
+        return self
 
 
 def load_teacher(path: Path) -> Teacher:
@@ -71,19 +77,6 @@ def load_teacher(path: Path) -> Teacher:
     return Teacher(model, tokenizer, exportable.label_names, exportable.max_length, path, digest.hexdigest())
 
 
-def padded_rows(tokens: TokenizedTexts, indices: Sequence[int] | torch.Tensor, pad_id: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` (batch, longest row) of the rows ``indices`` of ``tokens``."""
-    rows = [tokens.row(int(i)) for i in indices]
-    width = max(row.numel() for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : row.numel()] = row
-        attention_mask[i, : row.numel()] = 1
-    return input_ids, attention_mask
-
-
 @torch.no_grad()
 def run_teacher(teacher: Teacher, tokens: TokenizedTexts, *, device: torch.device, batch_size: int = 128,
                 desc: str = "teacher logits") -> torch.Tensor:
@@ -92,13 +85,47 @@ def run_teacher(teacher: Teacher, tokens: TokenizedTexts, *, device: torch.devic
     order = torch.argsort(lengths, descending=True)
     logits = torch.empty((len(tokens), len(teacher.label_names)), dtype=torch.float32)
     pad_id = int(teacher.tokenizer.pad_token_id or 0)
-    teacher.model.to(device)  # type: ignore[arg-type]
+    teacher.to(device)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=len(order) < 8 * batch_size):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = padded_rows(tokens, chunk, pad_id)
         output = teacher.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         logits[chunk] = output.logits.float().cpu()
     return logits
+
+
+def load_matching_teacher(path: Path | None, label_names: list[str]) -> tuple[Teacher | None, Path | None]:
+    """The teacher of ``path`` (checked to have ``label_names``), or ``(None, path)`` when the file is missing: only
+    fitting needs it (a trained student is tested, predicted and exported without it, its hyperparameters still
+    naming it), so a missing teacher is an error when fit starts, not when the student is built."""
+    if path is None:
+        return None, None
+    if not Path(path).is_file():
+        return None, Path(path)
+    with torch.random.fork_rng(devices=[]):  # building the teacher must not shift the student's random init
+        teacher = load_teacher(Path(path))
+    if teacher.label_names != label_names:
+        raise PocketbertError(f"the teacher {path} was trained on labels {teacher.label_names} but the data has "
+                              f"{label_names}; give the data the teacher's label list (data.init_args.labels) or "
+                              "train a matching teacher")
+    return teacher, None
+
+
+@torch.no_grad()
+def teacher_batch_outputs(teacher: Teacher, batch: dict[str, torch.Tensor], tokens: TokenizedTexts | None, *,
+                          hidden_states: bool, device: torch.device
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The teacher run on one training batch (no logit cache): logits (batch, num_labels), plus its hidden states
+    with ``hidden_states`` (it then reads the student's ids: ``layer_map`` needs a shared vocabulary). Otherwise it
+    reads the batch's rows of ``tokens``, the training texts in its own vocabulary."""
+    if hidden_states:
+        output = teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               output_hidden_states=True)
+        return output.logits, output.hidden_states
+    if tokens is None:
+        raise PocketbertError("the teacher's inputs are not prepared: train with trainer.fit(datamodule=...)")
+    input_ids, attention_mask = padded_rows(tokens, batch["index"].tolist(), int(teacher.tokenizer.pad_token_id or 0))
+    return teacher.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits, None
 
 
 def cached_teacher_logits(teacher: Teacher, texts: Sequence[str], tokens: TokenizedTexts, cache_dir: Path | None, *,

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lightning_modules.batching import PadCollator, ResumableSampler, TokenizedDataset
 from lightning_modules.corpus import TextFormat, normalize_text, read_corpus_texts
-from lightning_modules.datamodule import DATA_DIR_ENV, NewsDataModule, PadCollator, ResumableSampler, TokenizedDataset
+from lightning_modules.datamodule import DATA_DIR_ENV, NewsDataModule
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
 from lightning_modules.token_cache import tokenize

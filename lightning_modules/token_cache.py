@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from export.files import atomic_path
 from lightning_modules.hub import tokenizer_settings
 
 log = logging.getLogger(__name__)
@@ -61,16 +60,10 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """``torch.save`` through the one atomic writer (``export.files.atomic_path``): a crash never leaves a
+    half-written file."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def tokenize(

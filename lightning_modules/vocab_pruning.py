@@ -29,6 +29,13 @@ class PrunedVocab:
     id_map: torch.Tensor  # (full size,) full id -> pruned id; dropped tokens -> pruned [UNK]
     tokenizer: PreTrainedTokenizerBase  # WordPiece over ``tokens`` with the full tokenizer's settings
 
+    def remap(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary ids (any shape) in the pruned vocabulary: exact for training texts, whose tokens all
+        survived pruning (unseen text is re-tokenized instead, see the module docstring)."""
+        if self.id_map.device != input_ids.device:
+            self.id_map = self.id_map.to(input_ids.device)
+        return self.id_map[input_ids]
+
     @classmethod
     def from_training_ids(cls, tokenizer: PreTrainedTokenizerBase, used_ids: torch.Tensor) -> PrunedVocab:
         """Keep the ids in ``used_ids`` (the training data's token ids) and every special token, in their old order."""

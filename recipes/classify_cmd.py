@@ -85,8 +85,8 @@ def score(bundle: Bundle, probabilities: np.ndarray, true_labels: list[str | Non
         print(f"{sum(label in unknown for label in true_labels):,} rows have labels the model does not know "
               f"({', '.join(unknown[:5])}); not scored")
     if known:
-        figures = accuracy_and_macro_f1(probabilities[known], [index[true_labels[i]] for i in known],  # type: ignore[index]
-                                        len(bundle.label_names))
+        known_labels = [index[label] for label in true_labels if label is not None and label in index]
+        figures = accuracy_and_macro_f1(probabilities[known], known_labels, len(bundle.label_names))
         print(f"accuracy {figures['accuracy']:.4f}   macro-F1 {figures['macro_f1']:.4f}   on {len(known):,} rows "
               f"labelled in column '{column}'")
 

@@ -158,8 +158,8 @@ class PocketbertCLI(LightningCLI):
 @rank_zero_only
 def print_summary(run_dir: Path, metrics: dict[str, Any], best_checkpoint: str) -> None:
     """Write ``test_metrics.json`` into the run dir and print the numbers and where the files went."""
-    scalars = {k: float(v) for k, v in metrics.items() if "/" not in k}
-    scalars["best_checkpoint"] = best_checkpoint  # type: ignore[assignment]
+    scalars: dict[str, float | str] = {k: float(v) for k, v in metrics.items() if "/" not in k}
+    scalars["best_checkpoint"] = best_checkpoint
     write_text(run_dir / "test_metrics.json", json.dumps(scalars, indent=2) + "\n")
     if "test_acc" in metrics:
         figures = f"test accuracy {metrics['test_acc']:.4f}   macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}"

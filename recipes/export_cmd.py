@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport, PyTorchExport
 from callbacks.context import eval_set, train_split
-from export import ExportContext, ShippedModel, read_manifest, start_manifest
+from export import ExportContext, Exporter, ShippedModel, read_manifest, start_manifest
 from lightning_modules.checkpoints import load_exportable
 from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import run_dir_of_checkpoint
@@ -51,8 +51,9 @@ def read_config(path: str) -> dict[str, Any]:
     return config
 
 
-def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Callback]]:
-    """The DataModule and the export callbacks the config names, type-checked against their signatures."""
+def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Exporter]]:
+    """The DataModule and the export callbacks the config names (those with an ``export`` step: training-time
+    callbacks such as ``MagnitudePruning`` have none), type-checked against their signatures."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
@@ -73,8 +74,8 @@ def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Cal
             raise found from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PocketbertError(f"bad export config: {first}") from None
-    exporters = list(objects["callbacks"]) or [PyTorchExport(), OnnxExport(), CoreMLExport(), AppAssets(),
-                                               ExportBenchmark()]
+    exporters: list[Exporter] = [c for c in objects["callbacks"] if isinstance(c, Exporter)]
+    exporters = exporters or [PyTorchExport(), OnnxExport(), CoreMLExport(), AppAssets(), ExportBenchmark()]
     return objects["data"], exporters
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for exporter in exporters:
             print(f"export: {type(exporter).__name__} ...", flush=True)
-            exporter.export(context)  # type: ignore[attr-defined]
+            exporter.export(context)
     finally:
         if writer is not None:
             writer.close()

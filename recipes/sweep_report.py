@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from export.files import atomic_path, write_text
 
 BEST_CONFIG = "best.yaml"
 HISTORY_PLOT = "optimization_history.png"
@@ -78,10 +79,7 @@ def write_best_config(path: Path, best: FrozenTrial, metric: str, config: str) -
         f"# How to run: python -m recipes fit --config {path}\n"
         "# What must run first: nothing; the data comes from NEWS_DATA_DIR, as for the recipe it came from.\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + config, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, header + config)
     return path
 
 
@@ -106,10 +104,9 @@ def save_plots(study: optuna.Study, study_dir: Path) -> list[str]:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 axes = plot(study)
             path = study_dir / name
-            tmp = path.with_name(f".{path.stem}.tmp.png")
-            axes.figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            with atomic_path(path) as tmp:
+                axes.figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
             plt.close(axes.figure)
-            os.replace(tmp, path)
             lines.append(f"plot:          {path}")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. every completed trial has equal values
             lines.append(f"{name}: skipped ({err})")

@@ -37,6 +37,13 @@ class SearchParam:
     type: ParamType | None = None
 
     @property
+    def span(self) -> tuple[int | float, int | float]:
+        """``(low, high)`` of a ``float`` or ``int`` range (both are checked present when the sweep is read)."""
+        if self.low is None or self.high is None:
+            raise PocketbertError(f"a {self.kind} search-space entry needs low and high, got {self.low}, {self.high}")
+        return self.low, self.high
+
+    @property
     def kind(self) -> ParamType:
         if self.type is not None:
             return self.type
@@ -102,7 +109,7 @@ def check_fixed_values(space: dict[str, SearchParam], values: dict[str, Any], wh
         if param.kind == "categorical":
             if value not in (param.choices or []):
                 raise PocketbertError(f"{what}: {key}={value!r} is not one of the choices {param.choices}")
-        elif not isinstance(value, int | float) or not param.low <= value <= param.high:  # type: ignore[operator]
+        elif not isinstance(value, int | float) or not param.span[0] <= value <= param.span[1]:
             raise PocketbertError(f"{what}: {key}={value!r} is outside [{param.low}, {param.high}]")
 
 
@@ -115,11 +122,11 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchParam]) -> dict[str, Any
             values[key] = trial.suggest_categorical(key, list(param.choices or []))
         elif kind == "int":
             step = int(param.step) if param.step is not None else 1
-            values[key] = trial.suggest_int(key, int(param.low), int(param.high), step=step,  # type: ignore[arg-type]
-                                            log=param.log)
+            low, high = param.span
+            values[key] = trial.suggest_int(key, int(low), int(high), step=step, log=param.log)
         else:
-            values[key] = trial.suggest_float(key, float(param.low), float(param.high),  # type: ignore[arg-type]
-                                              log=param.log, step=param.step)
+            low, high = param.span
+            values[key] = trial.suggest_float(key, float(low), float(high), log=param.log, step=param.step)
     return values
 
 
@@ -127,12 +134,12 @@ def bounds(space: dict[str, SearchParam]) -> list[dict[str, Any]]:
     """Value sets that touch every end of every range (and every choice): a config check that covers the space."""
     corners: list[dict[str, Any]] = [{}, {}]
     for key, param in space.items():
-        ends = list(param.choices or []) if param.kind == "categorical" else [param.low, param.high]
+        ends: list[Any] = list(param.choices or []) if param.kind == "categorical" else list(param.span)
         while len(corners) < len(ends):
             corners.append(dict(corners[-1]))
         for i, corner in enumerate(corners):
             value = ends[min(i, len(ends) - 1)]
-            corner[key] = int(value) if param.kind == "int" else value  # type: ignore[arg-type]
+            corner[key] = int(value) if param.kind == "int" else value
     return corners
 
 

@@ -66,7 +66,8 @@ class TrialCLI(PocketbertCLI):
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend(self.extra_callbacks)  # type: ignore[attr-defined]  # set by Lightning's connector
+        callbacks: list[L.Callback] = getattr(trainer, "callbacks", [])  # set by Lightning's connector
+        callbacks.extend(self.extra_callbacks)
         for table in hparams_tables(trainer):
             table.defer = True  # the trial's row is written when it ends, with its state (log_trial_hparams)
         return trainer

@@ -12,17 +12,27 @@ from torch import nn
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from callbacks import AppAssets, CoreMLExport, ExportBenchmark, MagnitudePruning, OnnxExport, StructuredPruning
-from export import Budgets, EvalSet, ExportContext, ExportError, ShippedModel, UpdatableHead, write_coreml, write_onnx
+from export import (
+    Budgets,
+    CoreMLSettings,
+    EvalSet,
+    ExportContext,
+    ExportError,
+    ShippedModel,
+    UpdatableHead,
+    write_coreml,
+    write_onnx,
+)
 from export.benchmark import check_budgets
 from export.files import atomic_path, read_manifest
-from lightning_modules import EncoderSpec, TextClassifier
+from lightning_modules import TextClassifier
 from lightning_modules.datamodule import NewsDataModule
 from lightning_modules.hub import vocab_tokens
 from tests.conftest import NEWS16
+from tests.helpers import cpu_trainer, tiny_spec
 
-TINY = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64)
-TINY_MOBILEBERT = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=32, kind="mobilebert",
-                              max_position_embeddings=64, embedding_size=16, intra_bottleneck_size=16)
+TINY = tiny_spec("bert32")
+TINY_MOBILEBERT = tiny_spec("mobilebert32")
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -72,9 +82,7 @@ def test_preflight_fails_before_training_on_an_unsupported_op(vocab_file: Path, 
     module = TextClassifier(label_names=datamodule.label_names, tokenizer=datamodule.tokenizer_path, max_length=16,
                             architecture=TINY)
     module.model.bert.pooler.activation = _Unconvertible()  # type: ignore[union-attr]
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[CoreMLExport(personalizable=False, quantize_8bit=False)])
+    trainer = cpu_trainer(callbacks=[CoreMLExport(personalizable=False, quantize_8bit=False)])
     start = time.perf_counter()
     with pytest.raises(ExportError, match=r"Core ML conversion of BertForSequenceClassification failed: .*bessel_j0"):
         trainer.fit(module, datamodule=datamodule)
@@ -142,8 +150,8 @@ def test_mobilebert_student_exports_to_onnx_and_coreml(vocab_file: Path, tmp_pat
     shipped = ShippedModel(module.model.eval(), datamodule.label_names, vocab_tokens(module.tokenizer), 24)
     context = ExportContext(shipped, EvalSet.from_batches(datamodule.test_dataloader()), tmp_path / "export")
     write_onnx(context, int8=False)
-    write_coreml(context, name="Student", sequence_length=24, flexible_min=None, target="iOS17",
-                 compute_units="ALL", precision="float32", quantize_8bit=False, head=None, parity_examples=4)
+    write_coreml(context, CoreMLSettings(sequence_length=24, target="iOS17", compute_units="ALL", precision="float32"),
+                 name="Student", quantize_8bit=False, head=None, parity_examples=4)
     artifacts = read_manifest(context.export_dir)["artifacts"]
     assert artifacts["onnx_fp32"]["parity_vs_pytorch"]["max_abs_logit_diff"] < 1e-4
     assert artifacts["onnx_fp32"]["test_examples"] == 9

@@ -7,13 +7,14 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules import EncoderSpec, TextClassifier
+from lightning_modules import TextClassifier
 from lightning_modules.datamodule import NewsDataModule
 from lightning_modules.errors import PocketbertError
 from lightning_modules.metrics import ClassificationMetrics
 from tests.conftest import NEWS16
+from tests.helpers import cpu_trainer, tiny_spec
 
-TINY = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+TINY = tiny_spec("bert32")
 
 
 def tiny_classifier(vocab_file: Path, **kwargs: object) -> TextClassifier:
@@ -76,8 +77,7 @@ def test_bf16_mixed_fit_learns_like_fp32(vocab_file: Path, tmp_path: Path) -> No
                                learning_rate=3e-3)
         dtype = ForwardDtype()
         options: dict[str, Any] = {"precision": precision}
-        trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[dtype], **options)
+        trainer = cpu_trainer(max_epochs=6, callbacks=[dtype], **options)
         trainer.fit(model, datamodule=dm)
         results[precision] = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" not in k}
         assert dtype.dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
@@ -94,8 +94,7 @@ def test_checkpoint_rebuilds_the_exportable_model(vocab_file: Path, tmp_path: Pa
     dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:3], limit_per_class=10,
                         batch_size=8, cache_dir=tmp_path / "cache")
     model = TextClassifier(label_names=dm.label_names, tokenizer=dm.tokenizer_path, architecture=TINY)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = cpu_trainer(default_root_dir=tmp_path, enable_checkpointing=True)
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

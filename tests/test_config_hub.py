@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from recipes import RECIPES_DIR
 from recipes.__main__ import main
+from tests.conftest import NEWS16
 
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 HEADER_LINES = ("How to run:", "What must run first:")
@@ -65,3 +68,26 @@ def test_help_documents_every_argument(capsys: pytest.CaptureFixture[str]) -> No
     for argument in ("--model.pretrained", "--model.dropout", "--model.learning_rate", "--model.architecture"):
         assert argument in out
     assert "Peak AdamW learning rate" in out
+
+
+def label_lists(node: Any) -> list[tuple[str, list[str]]]:
+    """Every (train_file, labels) pair a recipe's YAML sets, at any depth (pretraining nests its data sources)."""
+    if isinstance(node, list):
+        return [pair for item in node for pair in label_lists(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [(str(node["train_file"]), list(node["labels"]))] if "train_file" in node and "labels" in node else []
+    return found + [pair for value in node.values() for pair in label_lists(value)]
+
+
+def test_label_lists_copied_across_recipes_agree() -> None:
+    """Recipes that read the same corpus copy its label list (a teacher's labels must equal its student's): every
+    copy is the same list in the same order, and news16's is the 16 NLPCC classes the tests use."""
+    by_corpus: dict[str, dict[tuple[str, ...], list[str]]] = {}
+    for recipe in RECIPES:
+        for train_file, labels in label_lists(yaml.safe_load(recipe.read_text("utf-8"))):
+            by_corpus.setdefault(train_file, {}).setdefault(tuple(labels), []).append(recipe.name)
+    assert by_corpus, "no recipe sets data labels"
+    for train_file, variants in by_corpus.items():
+        assert len(variants) == 1, f"{train_file}: recipes disagree on its labels: {variants}"
+    assert list(next(iter(by_corpus["nlpcc2017/headlines.char.tsv"]))) == NEWS16

@@ -147,7 +147,7 @@ def test_resumable_sampler_shards_an_epoch_for_ddp_and_resumes_each_shard() -> N
     """What 2 DDP ranks get: equal-length shards covering the epoch (padded like DistributedSampler), batches still
     length-grouped, and a resumed epoch skipping the samples this rank trained (the slow DDP test runs it end to
     end)."""
-    from lightning_modules.datamodule import ResumableSampler
+    from lightning_modules.batching import ResumableSampler
 
     lengths = torch.randint(3, 60, (203,), generator=torch.Generator().manual_seed(0))
     ranks = [ResumableSampler(203, 7, lengths, batch_size=4, pool_batches=5, num_replicas=2, rank=r) for r in (0, 1)]
@@ -170,3 +170,17 @@ def test_resumable_sampler_shards_an_epoch_for_ddp_and_resumes_each_shard() -> N
     resumed.set_epoch(1)
     resumed.resume(1, 5 * 4)  # 5 batches of this rank were trained
     assert list(resumed) == shards[1][20:] and len(resumed) == 102  # Lightning counts the whole epoch's batches
+
+
+def test_shuffle_seed_changes_the_order_not_the_split(cache_dir: Path) -> None:
+    default, same, reshuffled = (make_nlpcc(cache_dir, **seeds) for seeds in
+                                 ({}, {"shuffle_seed": 42}, {"shuffle_seed": 7}))
+    for dm in (default, same, reshuffled):
+        dm.setup("fit")
+    assert default.texts == reshuffled.texts  # the same rows in every split
+
+    def first_indices(dm: NewsDataModule) -> list[int]:
+        return next(iter(dm.train_dataloader()))["index"].tolist()
+
+    assert first_indices(default) == first_indices(same)  # None: split_seed's order, as before the option
+    assert first_indices(default) != first_indices(reshuffled)

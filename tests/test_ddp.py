@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from lightning_modules import DistillationModule, EncoderSpec, NewsDataModule, TextClassifier, load_exportable
+from lightning_modules import DistillationModule, NewsDataModule, TextClassifier, load_exportable
 from tests.conftest import REPO
-from tests.helpers import train_tiny_teacher
+from tests.helpers import cpu_trainer, tiny_spec, train_tiny_teacher
 from tests.test_resume import run_metrics, write_recipe
 
 LABELS = ["sports", "finance", "car", "game"]
@@ -50,7 +50,7 @@ def ddp_fit(recipe: str, tmp_path: Path, cache: Path, *overrides: str) -> dict[s
 def single_process_test(model: L.LightningModule, cache: Path) -> dict[str, float]:
     """The checkpoint evaluated by one process over the whole test split (60 rows: no DistributedSampler padding)."""
     data = NewsDataModule(train_file=TRAIN_FILE, cache_dir=cache, **DATA_ARGS)  # type: ignore[arg-type]
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer = cpu_trainer(devices=1)
     results = trainer.test(model, datamodule=data, verbose=False)[0]
     assert len(data.datasets["test"]) % 2 == 0
     return dict(results)
@@ -74,7 +74,7 @@ def test_ddp_fit_syncs_metrics_across_ranks(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_teacher(tmp_path: Path) -> Path:
     """A 1-layer teacher trained in-process on the same 4-class slice (about 4 s; test accuracy about 0.68)."""
-    spec = EncoderSpec(num_layers=1, hidden_size=64, num_heads=2, intermediate_size=128, max_position_embeddings=128)
+    spec = tiny_spec("bert64")
     return train_tiny_teacher(tmp_path / "teacher.ckpt", spec, labels=LABELS, limit_per_class=100, batch_size=8,
                               max_epochs=5, cache_dir=tmp_path / "cache")
 
@@ -162,7 +162,7 @@ def test_ddp_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_ddp_run(tmp
     # equal one process's over the whole split
     best = json.loads(next(straight.glob("news16_cpu/version_0/test_metrics.json")).read_text())["best_checkpoint"]
     data = NewsDataModule(train_file=TRAIN_FILE, cache_dir=tmp_path / "cache", **RESUME_DATA)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer = cpu_trainer(devices=1)
     model = TextClassifier.load_from_checkpoint(best, weights_only=True)
     single = trainer.test(model, datamodule=data, verbose=False)[0]
     assert len(data.datasets["test"]) == 15

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules import DistillationModule, EncoderSpec, NewsDataModule, TextClassifier, load_exportable
+from lightning_modules import DistillationModule, NewsDataModule, TextClassifier, load_exportable
 from lightning_modules.distillation import PresetName
 from lightning_modules.encoders import PRESETS
 from lightning_modules.errors import PocketbertError
@@ -21,17 +21,15 @@ from lightning_modules.teacher_cache import cached_teacher_logits, load_teacher
 from lightning_modules.token_cache import tokenize
 from lightning_modules.vocab_pruning import PrunedVocab
 from tests.conftest import NEWS16
-from tests.helpers import train_tiny_teacher
+from tests.helpers import cpu_trainer, tiny_spec, train_tiny_teacher
 
 LABELS = NEWS16[:3]  # baby, car, discovery
-TEACHER = EncoderSpec(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=128)
-STUDENT = EncoderSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, max_position_embeddings=128)
+TEACHER = tiny_spec("teacher32")
+STUDENT = tiny_spec("student16")
 
 
 def trainer(tmp_path: Path, **kwargs: object) -> L.Trainer:
-    options: dict[str, object] = {"max_epochs": 1, **kwargs}
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=tmp_path, **options)  # type: ignore[arg-type]
+    return cpu_trainer(default_root_dir=tmp_path, **kwargs)
 
 
 def datamodule(cache_dir: Path, per_class: int = 40, labels: list[str] = LABELS) -> NewsDataModule:

@@ -13,16 +13,19 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from callbacks.context import eval_set, train_split
 from export import ExportContext, ExportError, ShippedModel
+from export.assets import EDGE_CASES, normalize
 from export.steps import tokenizer_agreement
-from lightning_modules import EncoderSpec, TextClassifier
+from lightning_modules import TextClassifier
+from lightning_modules.corpus import normalize_text
 from lightning_modules.datamodule import NewsDataModule
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import PACKAGED_VOCAB, load_tokenizer, tokenizer_settings, vocab_tokens
 from lightning_modules.teacher_cache import load_teacher
 from lightning_modules.token_cache import tokenizer_fingerprint
+from tests.helpers import tiny_spec
 
 LABELS = ["sports", "finance", "car"]
-TINY = EncoderSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, max_position_embeddings=64)
+TINY = tiny_spec("bert16")
 
 
 def tiny_model(num_labels: int) -> BertForSequenceClassification:
@@ -117,3 +120,10 @@ def test_token_cache_key_covers_the_tokenizer_settings() -> None:
         other = BertTokenizer(vocab=vocab, **changed)
         assert other("Café 中国")["input_ids"] != plain("Café 中国")["input_ids"], changed
         assert tokenizer_fingerprint(other) != tokenizer_fingerprint(plain), changed
+
+
+def test_app_normalization_equals_the_training_one() -> None:
+    """The normalization the bundle tells apps to apply (``export.assets.normalize``) is the one the DataModule
+    applied to the training texts (``corpus.normalize_text``), on every golden edge case and on odd whitespace."""
+    samples = [*EDGE_CASES, " \u3000全角空格\u00a0与 不换行 ", "ＡＢＣ１２３\t\n换行", "", "   "]
+    assert [normalize(text) for text in samples] == [normalize_text(text) for text in samples]

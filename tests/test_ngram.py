@@ -19,9 +19,9 @@ from lightning_modules.encoders import EncoderSpec, build_from_spec
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
 from lightning_modules.vocab_pruning import PrunedVocab
+from tests.helpers import tiny_spec
 
-SPEC = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                   ngram_orders=[2, 3], ngram_buckets=4001, ngram_size=16)
+SPEC = tiny_spec("ngram32_bigram_trigram")
 LABELS = ["a", "b", "c"]
 
 
@@ -120,8 +120,8 @@ def test_exports_match_pytorch_on_real_headlines(headlines: list[str], tokenizer
     int8 = parity(reference, predict_all(onnx_predictor(onnx_session(tmp_path / "model.int8.onnx")), examples))
     assert int8["max_abs_logit_diff"] < 0.05
     with coreml.scratch_space():
-        _, program = coreml.convert(shipped, sequence_length=64, flexible_min=None, target="iOS17",
-                                    compute_units="ALL", precision="float32", metadata={})
+        settings = coreml.CoreMLSettings(sequence_length=64, target="iOS17", compute_units="ALL", precision="float32")
+        _, program = coreml.convert(shipped, settings, metadata={})
     assert coreml.graph_parity(program, shipped, examples, 64, 8)["max_abs_logit_diff"] < 1e-4
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lightning_modules import (
-    EncoderSpec,
     MaskedLMPretraining,
     NewsDataModule,
     PretrainingDataModule,
@@ -22,9 +21,9 @@ from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
 from recipes.__main__ import main
 from tests.conftest import NEWS16
+from tests.helpers import cpu_trainer, tiny_spec
 
-ENCODER = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                      ngram_orders=[2], ngram_buckets=3001)
+ENCODER = tiny_spec("ngram32")
 LABELS = NEWS16[:4]
 
 
@@ -87,8 +86,8 @@ def test_pretrained_directory_loads_into_a_classifier(tmp_path: Path, vocab_file
     L.seed_everything(0)
     dm = PretrainingDataModule(task=task(tmp_path / "cache"), batch_size=32, cache_dir=tmp_path / "cache")
     module = pretrainer(vocab_file, learning_rate=3e-3)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=3, default_root_dir=tmp_path, enable_progress_bar=False,
-                        enable_model_summary=False, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer = cpu_trainer(max_epochs=3, default_root_dir=tmp_path, enable_checkpointing=True,
+                          logger=L.pytorch.loggers.CSVLogger(tmp_path))
     before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val_mlm_loss"]  # ~ln(21128) = 9.96
     trainer.fit(module, datamodule=dm)
     assert trainer.callback_metrics["val_mlm_loss"] < before - 1.0  # it learned at least the character frequencies

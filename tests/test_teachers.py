@@ -15,7 +15,6 @@ import torch
 from export.baseline import baseline_row, cross_fitted_decisions, fit_baseline
 from lightning_modules import (
     DistillationModule,
-    EncoderSpec,
     NaiveBayesTeacher,
     NewsDataModule,
     TfidfTeacher,
@@ -24,9 +23,9 @@ from lightning_modules import (
 from lightning_modules.errors import PocketbertError
 from lightning_modules.teachers import TeacherData, ensemble_targets, fit_temperature
 from tests.conftest import NEWS16
+from tests.helpers import cpu_trainer, tiny_spec
 
-STUDENT = EncoderSpec(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                      ngram_orders=[2], ngram_buckets=3001)
+STUDENT = tiny_spec("ngram32")
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +136,8 @@ def test_student_distils_from_a_tfidf_teacher_alone(tmp_path: Path) -> None:
                         batch_size=32, cache_dir=tmp_path / "cache")
     student = DistillationModule(teachers=[TfidfTeacher(folds=3)], label_names=dm.label_names,
                                  tokenizer=dm.tokenizer_path, architecture=STUDENT, alpha=0.3, learning_rate=5e-3)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=8, default_root_dir=tmp_path, enable_progress_bar=False,
-                        enable_model_summary=False, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer = cpu_trainer(max_epochs=8, default_root_dir=tmp_path, enable_checkpointing=True,
+                          logger=L.pytorch.loggers.CSVLogger(tmp_path))
     trainer.fit(student, datamodule=dm)
     report = json.loads((Path(trainer.log_dir) / "teachers.json").read_text())  # type: ignore[arg-type]
     member = report["teachers"][0]

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from lightning_modules.classifier import build_adamw
+from lightning_modules.training import build_adamw
 from tests.conftest import REPO
 
 HIDDEN, FEED_FORWARD, CLASSES = 32, 64, 4
