@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lightning_modules.augmentation import Augmentation, AugmentedDataset, augmented_rows
 from lightning_modules.corpus import (
     Column,
     CorpusFormat,
@@ -217,6 +219,11 @@ class NewsDataModule(L.LightningDataModule):
         cache_dir: Where tokenized data is cached; defaults to ``.cache/pocketbert`` in the working directory.
         length_grouping: Build training batches of similar lengths (shuffled pools sorted by length), so that
             padding to each batch's longest row wastes little compute; ``false`` gives plain random batches.
+        augmentation: Augmented copies of the training rows (never val/test/predict), made once at setup:
+            ``lightning_modules.EdaAugmentation`` (synonym replacement from HIT Cilin, character deletion, swap and
+            insertion; offline) or ``lightning_modules.BackTranslation`` (needs translation models). A copy keeps
+            its original's label and ``index`` (so a distillation teacher's logits are the original's).
+            docs/quality.md measures it.
     """
 
     def __init__(
@@ -247,6 +254,7 @@ class NewsDataModule(L.LightningDataModule):
         limit_per_class: int | None = None,
         cache_dir: Path | None = None,
         length_grouping: bool = True,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if max_length < 8:
@@ -261,7 +269,8 @@ class NewsDataModule(L.LightningDataModule):
         if min_rows_per_class is not None and min_rows_per_class < 1:
             raise PocketbertError(f"min_rows_per_class must be positive or null, got {min_rows_per_class}")
         # The model records the resolved tokenizer path (linked); the raw spec here would clash with it.
-        self.save_hyperparameters(ignore=["tokenizer"])
+        # The augmentation object stays out of hparams (checkpoints load weights_only); config.yaml records it.
+        self.save_hyperparameters(ignore=["tokenizer", "augmentation"])
         self.files: dict[str, str | None] = {"train": train_file, "val": val_file, "test": test_file}
         self.golden_test_file = golden_test_file
         self.corpus_format = format
@@ -283,6 +292,8 @@ class NewsDataModule(L.LightningDataModule):
         self.limit = limit_per_class
         self.cache_dir = cache_dir if cache_dir is not None else Path(".cache/pocketbert")
         self.length_grouping = length_grouping
+        self.augmentation = augmentation
+        self.augmented_train: AugmentedDataset | None = None  # the training rows plus their augmented copies
         self.datasets: dict[str, TokenizedDataset] = {}
         self.texts: dict[str, list[str]] = {}
         self.true_labels: dict[str, list[str | None]] = {}  # label names per split (None: unknown, predict_file)
@@ -472,6 +483,20 @@ class NewsDataModule(L.LightningDataModule):
         missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
         if missing:
             raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
+        if self.augmentation is not None:
+            self._augment_train()
+
+    def _augment_train(self) -> None:
+        """Add the augmentation's copies of the training rows (tokenized and cached like any split)."""
+        assert self.augmentation is not None
+        start = time.perf_counter()
+        parents, texts = augmented_rows(self.augmentation, self.texts["train"])
+        seconds = time.perf_counter() - start
+        tokens = tokenize(texts, self.tokenizer, self.max_length, self.cache_dir, tokenizer_key=self.tokenizer_key,
+                          desc="tokenizing augmented train")
+        self.augmented_train = AugmentedDataset(self.datasets["train"], tokens, torch.tensor(parents))
+        rank_zero_info(f"augmentation ({self.augmentation.describe()}): {len(texts)} extra training rows from "
+                       f"{len(self.texts['train'])} in {seconds:.1f} s")
 
     @cached_property
     def tokenizer_key(self) -> str:
@@ -507,15 +532,18 @@ class NewsDataModule(L.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         kwargs = self._loader_kwargs()
+        dataset: Dataset[dict[str, Any]] = self.datasets["train"]
         tokens = self.datasets["train"].tokens
-        lengths = tokens.offsets[1:] - tokens.offsets[:-1] if self.length_grouping else None
+        lengths = tokens.offsets[1:] - tokens.offsets[:-1]
+        if self.augmented_train is not None:
+            dataset, lengths = self.augmented_train, self.augmented_train.lengths()
         replicas, rank = self._replicas()
-        sampler = ResumableSampler(len(tokens), self.split_seed, lengths, self.batch_size, num_replicas=replicas,
-                                   rank=rank)
+        sampler = ResumableSampler(len(lengths), self.split_seed, lengths if self.length_grouping else None,
+                                   self.batch_size, num_replicas=replicas, rank=rank)
         if self._resume_at is not None:
             sampler.resume(*self._resume_at)
             self._resume_at = None
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader[dict[str, Any]]:
         """An unshuffled loader over the whole of ``split`` (train, val, test or predict); with ``shard``, this
