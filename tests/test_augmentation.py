@@ -105,3 +105,16 @@ def test_back_translation_fails_fast_offline(monkeypatch: pytest.MonkeyPatch, tm
     assert "\n" not in message and "Helsinki-NLP/opus-mt-zh-en" in message and "offline" in message
     with pytest.raises(PocketbertError, match=r"folder \./no-such-model not found"):
         BackTranslation(model="./no-such-model", back_model="./no-such-model")
+
+
+def test_augmentation_is_an_hparams_column() -> None:
+    import yaml
+    from jsonargparse import dict_to_namespace
+
+    from recipes.run_columns import VOCABULARY, run_columns
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "news16_augment_cpu.yaml").read_text())
+    columns = run_columns(dict_to_namespace(recipe))
+    assert columns["augmentation"] == "EdaAugmentation copies=1 operations=['synonym', 'delete', 'swap', 'insert'] " \
+                                      "rate=0.1 seed=0"
+    assert VOCABULARY["augmentation"] == "string"
