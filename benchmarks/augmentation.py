@@ -7,11 +7,13 @@ matters is test accuracy), identical but for ``data.init_args.augmentation``, wi
 - ``distill``: ``<data>_distill_cpu.yaml`` from scratch (no masked-LM pretraining: the quality ladder's "linear
   teacher" rung, which scores within seed noise of the pretrained student), with the cross-fitted linear teacher.
 
-Augmented copies keep their original's label and teacher logits. Every pair trains the same number of epochs, so an
-augmented run takes ``1 + copies`` times the steps. ``--max-epochs`` overrides both arms (THUCNews-10's recipes take
-4 minutes an epoch on 2 cores).
+Augmented copies keep their original's label and teacher logits. By default both arms train the same number of epochs,
+so an augmented run takes ``1 + copies`` times the steps; ``--equal-steps`` gives the augmented arm
+``max_epochs / (1 + copies)`` epochs instead (the same steps and compute). ``--max-epochs`` overrides the recipes'
+epochs (THUCNews-10's take 4 minutes an epoch on 2 cores).
 
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/augmentation.py --data news16 --rungs distill ce
+    NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/augmentation.py --data news16 --max-epochs 2 --equal-steps
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/augmentation.py --data thucnews10 --rungs distill \
         --max-epochs 2
 
@@ -73,6 +75,8 @@ def main() -> None:
                         help="EDA operations (default: all four)")
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--max-epochs", type=int, default=None, help="override the recipes' epochs (both arms)")
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="train the augmented arm max_epochs / (1 + copies) epochs: the same optimizer steps")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     work = args.out / f"augmentation_{args.data}"
@@ -85,15 +89,17 @@ def main() -> None:
         name = f"{args.data}_{rung}_e{epochs}"
         print(f"{rung}:", flush=True)
         plain = metrics(run(base, name, args.seed, work))
-        aug = metrics(run(augmented(base, args.copies, args.operations, args.rate), f"{name}_aug{tag}", args.seed,
-                          work))
-        rows.append({"rung": rung, "epochs": epochs, "without": plain, "with": aug,
+        aug_config = augmented(base, args.copies, args.operations, args.rate)
+        aug_epochs = max(1, round(epochs / (1 + args.copies))) if args.equal_steps else epochs
+        aug_config["trainer"]["max_epochs"] = aug_epochs
+        aug = metrics(run(aug_config, f"{name}_aug{tag}_e{aug_epochs}", args.seed, work))
+        rows.append({"rung": rung, "epochs": epochs, "aug_epochs": aug_epochs, "without": plain, "with": aug,
                      "gain_points": 100 * (aug["accuracy"] - plain["accuracy"])})
     lines = [f"augmentation: EDA {tag}, seed {args.seed}",
-             "| rung | epochs | accuracy without | with | gain (pts) | macro-F1 without | with |",
+             "| rung | epochs without / with | accuracy without | with | gain (pts) | macro-F1 without | with |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['rung']} | {row['epochs']} | {row['without']['accuracy']:.4f} | "
+        lines.append(f"| {row['rung']} | {row['epochs']} / {row['aug_epochs']} | {row['without']['accuracy']:.4f} | "
                      f"{row['with']['accuracy']:.4f} | {row['gain_points']:+.2f} | {row['without']['macro_f1']:.4f} | "
                      f"{row['with']['macro_f1']:.4f} |")
     minutes = (time.perf_counter() - start) / 60
