@@ -17,8 +17,9 @@ epochs (THUCNews-10's take 4 minutes an epoch on 2 cores).
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/augmentation.py --data thucnews10 --rungs distill \
         --max-epochs 2
 
-Prints a Markdown table and writes JSON to ``benchmarks/results/augmentation_<data>.json``; a rerun reuses every
-finished fit whose config is unchanged.
+Prints a Markdown table and writes JSON to
+``benchmarks/results/augmentation_<data>_e<epochs>[_equal_steps].json``; a rerun reuses every finished fit whose config
+is unchanged.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def main() -> None:
     result = {"data": args.data, "seed": args.seed, "copies": args.copies, "operations": args.operations,
               "rate": args.rate, "rows": rows, "minutes": minutes}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"augmentation_{args.data}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    schedule = f"e{args.max_epochs or 'recipe'}{'_equal_steps' if args.equal_steps else ''}"
+    (args.out / f"augmentation_{args.data}_{schedule}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
 
 
 if __name__ == "__main__":
