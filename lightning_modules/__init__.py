@@ -1,5 +1,7 @@
 """LightningModules, the DataModule, losses and metrics of pocketbert."""
 
+from lightning_modules.augmentation import Augmentation, EdaAugmentation
+from lightning_modules.back_translation import BackTranslation
 from lightning_modules.checkpoints import ExportableModel, load_exportable, read_checkpoint
 from lightning_modules.classifier import TextClassifier
 from lightning_modules.datamodule import NewsDataModule
@@ -12,8 +14,11 @@ from lightning_modules.text_datamodule import PretrainingDataModule, TextSource
 
 __all__ = [
     "PRESETS",
+    "Augmentation",
+    "BackTranslation",
     "CheckpointTeacher",
     "DistillationModule",
+    "EdaAugmentation",
     "EncoderSpec",
     "ExportableModel",
     "LogitTeacher",

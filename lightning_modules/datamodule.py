@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -13,10 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lightning_modules.augmentation import Augmentation, AugmentedDataset, augmented_rows
 from lightning_modules.batching import PadCollator, ResumableSampler, TokenizedDataset
 from lightning_modules.corpus import (
     Column,
@@ -97,6 +99,11 @@ class NewsDataModule(L.LightningDataModule):
         shuffle_seed: Seed of the training order (each epoch shuffles with ``shuffle_seed + epoch``), independent of
             the split: vary it to change the batches while keeping the same train/val/test rows. ``None``:
             ``split_seed`` (the order of runs before this option existed).
+        augmentation: Augmented copies of the training rows (never val/test/predict), made once at setup:
+            ``lightning_modules.EdaAugmentation`` (synonym replacement from HIT Cilin, character deletion, swap and
+            insertion; offline) or ``lightning_modules.BackTranslation`` (needs translation models). A copy keeps
+            its original's label and ``index`` (so a distillation teacher's logits are the original's).
+            docs/quality.md measures it.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class NewsDataModule(L.LightningDataModule):
         cache_dir: Path | None = None,
         length_grouping: bool = True,
         shuffle_seed: int | None = None,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if max_length < 8:
@@ -142,7 +150,8 @@ class NewsDataModule(L.LightningDataModule):
         if min_rows_per_class is not None and min_rows_per_class < 1:
             raise PocketbertError(f"min_rows_per_class must be positive or null, got {min_rows_per_class}")
         # The model records the resolved tokenizer path (linked); the raw spec here would clash with it.
-        self.save_hyperparameters(ignore=["tokenizer"])
+        # The augmentation object stays out of hparams (checkpoints load weights_only); config.yaml records it.
+        self.save_hyperparameters(ignore=["tokenizer", "augmentation"])
         self.files: dict[str, str | None] = {"train": train_file, "val": val_file, "test": test_file}
         self.golden_test_file = golden_test_file
         self.corpus_format = format
@@ -165,6 +174,8 @@ class NewsDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir if cache_dir is not None else Path(".cache/pocketbert")
         self.length_grouping = length_grouping
         self.shuffle_seed = split_seed if shuffle_seed is None else shuffle_seed
+        self.augmentation = augmentation
+        self.augmented_train: AugmentedDataset | None = None  # the training rows plus their augmented copies
         self.datasets: dict[str, TokenizedDataset] = {}
         self.texts: dict[str, list[str]] = {}
         self.true_labels: dict[str, list[str | None]] = {}  # label names per split (None: unknown, predict_file)
@@ -354,6 +365,20 @@ class NewsDataModule(L.LightningDataModule):
         missing = [name for name in self.label_names if not any(self.datasets["train"].labels == label_ids[name])]
         if missing:
             raise PocketbertError(f"labels {missing} have no training rows; remove them from the label list")
+        if self.augmentation is not None:
+            self._augment_train()
+
+    def _augment_train(self) -> None:
+        """Add the augmentation's copies of the training rows (tokenized and cached like any split)."""
+        assert self.augmentation is not None
+        start = time.perf_counter()
+        parents, texts = augmented_rows(self.augmentation, self.texts["train"])
+        seconds = time.perf_counter() - start
+        tokens = tokenize(texts, self.tokenizer, self.max_length, self.cache_dir, tokenizer_key=self.tokenizer_key,
+                          desc="tokenizing augmented train")
+        self.augmented_train = AugmentedDataset(self.datasets["train"], tokens, torch.tensor(parents))
+        rank_zero_info(f"augmentation ({self.augmentation.describe()}): {len(texts)} extra training rows from "
+                       f"{len(self.texts['train'])} in {seconds:.1f} s")
 
     @cached_property
     def tokenizer_key(self) -> str:
@@ -389,15 +414,18 @@ class NewsDataModule(L.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         kwargs = self._loader_kwargs()
+        dataset: Dataset[dict[str, Any]] = self.datasets["train"]
         tokens = self.datasets["train"].tokens
-        lengths = tokens.offsets[1:] - tokens.offsets[:-1] if self.length_grouping else None
+        lengths = tokens.offsets[1:] - tokens.offsets[:-1]
+        if self.augmented_train is not None:
+            dataset, lengths = self.augmented_train, self.augmented_train.lengths()
         replicas, rank = self._replicas()
-        sampler = ResumableSampler(len(tokens), self.shuffle_seed, lengths, self.batch_size, num_replicas=replicas,
-                                   rank=rank)
+        sampler = ResumableSampler(len(lengths), self.shuffle_seed, lengths if self.length_grouping else None,
+                                   self.batch_size, num_replicas=replicas, rank=rank)
         if self._resume_at is not None:
             sampler.resume(*self._resume_at)
             self._resume_at = None
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler, **kwargs)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader[dict[str, Any]]:
         """An unshuffled loader over the whole of ``split`` (train, val, test or predict); with ``shard``, this

@@ -23,7 +23,7 @@ VOCABULARY: dict[str, ColumnType] = {
     "batch_size": "float", "accumulate_grad_batches": "float", "max_epochs": "float", "max_length": "float",
     "limit_per_class": "float", "precision": "string", "seed": "float",
     "alpha": "float", "temperature": "float", "teacher": "string", "prune_vocab": "bool", "layer_map": "string",
-    "hidden_weight": "float", "mask_probability": "float",
+    "hidden_weight": "float", "mask_probability": "float", "augmentation": "string",
 }
 # model.init_args keys shown as they are, when the model has them
 MODEL_KEYS = ("learning_rate", "dropout", "weight_decay", "warmup_ratio", "alpha", "temperature", "mask_probability")
@@ -42,6 +42,11 @@ def run_columns(config: Namespace) -> dict[str, Scalar]:
     columns.update({key: model[key] for key in MODEL_KEYS if model.get(key) is not None})
     data = _plain(config.get("data.init_args")) or {}
     columns.update({key: data[key] for key in ("batch_size", "max_length", "limit_per_class") if data.get(key)})
+    augmentation = data.get("augmentation")
+    if isinstance(augmentation, dict) and augmentation.get("class_path"):  # e.g. "EdaAugmentation copies=1 rate=0.1"
+        settings = augmentation.get("init_args") or {}
+        columns["augmentation"] = " ".join([str(augmentation["class_path"]).rpartition(".")[2],
+                                            *(f"{key}={_plain(value)}" for key, value in sorted(settings.items()))])
     trainer = _plain(config.get("trainer")) or {}
     columns.update({key: trainer[key] for key in ("max_epochs", "accumulate_grad_batches") if trainer.get(key)})
     if trainer.get("precision") is not None:
