@@ -199,7 +199,7 @@ def qat_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.slow  # a 4-epoch CLI fit with exports: about 2 minutes on 2 shared cores
 def test_qat_fit_exports_and_benchmarks_the_qat_variants(qat_run: dict[str, Any]) -> None:
-    assert "quantization-aware training from epoch 1" in qat_run["output"]
+    assert "quantization-aware training from epoch 2" in qat_run["output"]
     artifacts = qat_run["manifest"]["artifacts"]
     onnx = artifacts["onnx_qat_int8"]
     assert onnx["trained_with_qat"] and onnx["parity_vs_fp32"]["agreement"] >= 0.95
