@@ -138,7 +138,7 @@ def test_static_int8_onnx_and_core_ml_w8a8_of_a_model_and_its_ptq_reference(tiny
                              32)
     save_pytorch(reference, tmp_path / "pytorch")
     write_static_int8(tiny_context, kind="qat", reference=tmp_path / "pytorch", calibration_texts=200,
-                      sequence_length=32, parity_examples=8)
+                      sequence_length="auto", parity_examples=8)
     artifacts = read_manifest(tiny_context.export_dir)["artifacts"]
     assert {"onnx_qat_int8", "coreml_qat_w8a8", "onnx_ptq_int8", "coreml_ptq_w8a8"} <= set(artifacts)
     onnx = artifacts["onnx_qat_int8"]
@@ -152,6 +152,7 @@ def test_static_int8_onnx_and_core_ml_w8a8_of_a_model_and_its_ptq_reference(tiny
     fp32 = (tiny_context.export_dir.parent / "fp32.onnx")
     assert onnx["bytes"] < 0.6 * _fp32_onnx_bytes(tiny_context, fp32)  # int8 weights and tables
     coreml = artifacts["coreml_qat_w8a8"]
+    assert coreml["sequence_length"] == 32  # auto: the power of two holding 99.9% of the training headlines
     package = tiny_context.export_dir / coreml["path"]
     info = describe(load_spec(package))
     assert [i["name"] for i in info["inputs"]] == ["input_ids", "attention_mask"] and info["type"] == "mlProgram"
