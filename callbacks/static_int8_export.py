@@ -60,8 +60,13 @@ class StaticInt8Export(Callback):
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.interrupted:
-            self._qat_fit = any(isinstance(cb, QuantizationAwareTraining) for cb in trainer.callbacks)  # type: ignore[attr-defined]
+            self.follows(trainer.callbacks)  # type: ignore[attr-defined]
             self.export(export_context(trainer, pl_module))
+
+    def follows(self, callbacks: list[Callback]) -> None:
+        """Name the files ``qat`` (with ``kind: auto``) when ``callbacks`` (the fit's, or those of the config that
+        ``python -m recipes export`` reads) include QuantizationAwareTraining."""
+        self._qat_fit = any(isinstance(callback, QuantizationAwareTraining) for callback in callbacks)
 
     def export(self, context: ExportContext) -> None:
         kind = self.kind if self.kind != "auto" else ("qat" if self._qat_fit else "ptq")

@@ -232,3 +232,14 @@ def test_core_ml_w8a8_predicts_what_the_simulation_does_on_macos(tiny_context: E
         got = model.predict({"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)})["logits"]
         agree.append(int(np.argmax(got)) == int(expected.argmax()))
     assert np.mean(agree) >= 0.9
+
+
+@pytest.mark.slow  # re-runs the tiny run's exports
+def test_export_command_names_a_qat_checkpoints_files_qat(qat_run: dict[str, Any], tmp_path: Path) -> None:
+    from recipes.__main__ import main
+
+    assert main(["export", "--ckpt", str(qat_run["run_dir"] / "best.ckpt"), "--out", str(tmp_path / "export")]) == 0
+    artifacts = read_manifest(tmp_path / "export")["artifacts"]
+    assert {"onnx_qat_int8", "coreml_qat_w8a8"} <= set(artifacts) and "onnx_ptq_int8" not in artifacts
+    assert artifacts["onnx_qat_int8"]["accuracy"] == pytest.approx(qat_run["manifest"]["artifacts"]["onnx_qat_int8"][
+        "accuracy"], abs=0.02)
