@@ -47,12 +47,12 @@ def fit(name: str, logger: str, qat: bool, folder: Path) -> None:
         config["trainer"]["callbacks"] = callbacks
     config["trainer"]["logger"]["init_args"]["name"] = logger
     # the config is written under benchmarks/results/: the recipe's repo-relative paths are made absolute
-    config["model"]["init_args"]["pretrained"] = str(REPO / config["model"]["init_args"]["pretrained"])
-    config["data"]["init_args"]["tokenizer"] = str(REPO / config["data"]["init_args"]["tokenizer"])
+    config["model"]["init_args"]["pretrained"] = str(through_latest(REPO / config["model"]["init_args"]["pretrained"]))
+    config["data"]["init_args"]["tokenizer"] = str(through_latest(REPO / config["data"]["init_args"]["tokenizer"]))
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(REPO / "tb_logs")
     for callback in callbacks:
         if callback.get("init_args", {}).get("ptq_reference"):
-            callback["init_args"]["ptq_reference"] = str(REPO / callback["init_args"]["ptq_reference"])
+            callback["init_args"]["ptq_reference"] = str(through_latest(REPO / callback["init_args"]["ptq_reference"]))
     path = folder / f"{logger}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), "utf-8")
     with (folder / f"{logger}.log").open("w") as log:
