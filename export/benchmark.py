@@ -37,8 +37,9 @@ from export.torch_export import load_torchscript
 
 REFERENCE = "pytorch_fp32"
 DEFAULT_SHIPPED = "onnx_int8"  # what an app ships when the budgets do not name a variant
-ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "coreml", "coreml_w8", "coreml_sparse",
-         "coreml_sparse_w8", "coreml_personalizable"]
+ORDER = [REFERENCE, "pytorch_int8", "onnx_fp32", "onnx_int8", "onnx_ptq_int8", "onnx_qat_int8", "coreml",
+         "coreml_w8", "coreml_ptq_w8a8", "coreml_qat_w8a8", "coreml_sparse", "coreml_sparse_w8",
+         "coreml_personalizable"]
 RUNTIME_FORMATS = ("pytorch", "torchscript", "onnx")  # formats that run (and are timed) here
 BENCHMARKED_FORMATS = (*RUNTIME_FORMATS, "coreml")  # the rows of the benchmark: Core ML is sized, not run
 COLUMNS = [("variant", "variant"), ("format", "format"), ("size_mb", "size MB"), ("parameters", "params"),

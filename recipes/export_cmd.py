@@ -17,7 +17,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport, PyTorchExport
+from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport, PyTorchExport, StaticInt8Export
 from callbacks.context import eval_set, train_split
 from export import ExportContext, Exporter, ShippedModel, read_manifest, start_manifest
 from lightning_modules.checkpoints import load_exportable
@@ -74,7 +74,12 @@ def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Exp
             raise found from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PocketbertError(f"bad export config: {first}") from None
-    exporters: list[Exporter] = [c for c in objects["callbacks"] if isinstance(c, Exporter)]
+    callbacks = list(objects["callbacks"])
+    for callback in callbacks:
+        if isinstance(callback, StaticInt8Export):
+            callback.follows(callbacks)  # a QAT run's checkpoint: its files are named qat
+    # training-time callbacks (pruning, QAT) have nothing to export
+    exporters: list[Exporter] = [c for c in callbacks if isinstance(c, Exporter)]
     exporters = exporters or [PyTorchExport(), OnnxExport(), CoreMLExport(), AppAssets(), ExportBenchmark()]
     return objects["data"], exporters
 
