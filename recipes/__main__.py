@@ -17,7 +17,7 @@ TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.expor
 
 TOOLS_HELP = """pocketbert: python -m recipes SUBCOMMAND [--help]
 
-Recipes (LightningCLI; --config NAME.yaml, a bare name resolves in recipes/):
+Recipes (LightningCLI; --config NAME.yaml, a bare name resolves in recipes/configs/):
   fit, validate, test, predict
 Tools:
   export       write the fit-end artifacts (INT8, ONNX, Core ML, app assets, benchmark) from a checkpoint
