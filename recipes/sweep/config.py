@@ -15,7 +15,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning_modules.errors import PocketbertError
 from recipes.cli import PocketbertCLI, recipe_path, resolve_config_names
 from recipes.config_errors import concise_config_error
-from recipes.sweep_space import (
+from recipes.sweep.space import (
     SearchParam,
     bounds,
     check_fixed_values,
