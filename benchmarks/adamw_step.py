@@ -73,7 +73,7 @@ class StepTimer(L.Callback):
 
 
 def recipe_config(name: str, options: argparse.Namespace, save_dir: Path) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text("utf-8"))
+    config: dict[str, Any] = yaml.safe_load((REPO / "recipes" / "configs" / f"{name}.yaml").read_text("utf-8"))
     trainer = config["trainer"]
     trainer["callbacks"] = [c for c in trainer.get("callbacks") or [] if not c["class_path"].startswith("callbacks.")]
     trainer.update(max_steps=options.warmup + options.steps, limit_val_batches=0, enable_progress_bar=False)
@@ -83,7 +83,7 @@ def recipe_config(name: str, options: argparse.Namespace, save_dir: Path) -> Pat
         if options.pretrained is not None:
             model["pretrained"] = str(options.pretrained)
         else:  # the pretraining recipe's encoder shape, from scratch
-            pretrain = yaml.safe_load((REPO / "recipes" / "news16_pretrain_cpu.yaml").read_text("utf-8"))
+            pretrain = yaml.safe_load((REPO / "recipes" / "configs" / "news16_pretrain_cpu.yaml").read_text("utf-8"))
             del model["pretrained"]
             model["architecture"] = pretrain["model"]["init_args"]["architecture"]
     if options.cache_dir is not None:

@@ -35,7 +35,7 @@ from export.evaluation import EvalSet, accuracy_and_macro_f1, hf_predictor, pred
 from export.files import size_of, write_json  # noqa: E402
 from export.graph import ShippedModel  # noqa: E402
 from lightning_modules.checkpoints import load_exportable  # noqa: E402
-from recipes.export_cmd import instantiate, read_config  # noqa: E402
+from recipes.tools.config import instantiate, read_config  # noqa: E402
 
 # name -> sequence_length, flexible_min, enumerated, minimum deployment target
 OPTIONS: dict[str, tuple[Any, int | None, Any, coreml.DeploymentTarget]] = {

@@ -29,10 +29,9 @@ from export.coreml import load_spec  # noqa: E402
 from export.files import read_manifest, write_json  # noqa: E402
 from export.monitoring import drift_check  # noqa: E402
 from export.personalization import pooled_features, predict, read_head_update  # noqa: E402
-from lightning_modules.checkpoints import load_exportable  # noqa: E402
-from recipes.export_cmd import instantiate, read_config  # noqa: E402
-from recipes.personalize_cmd import split_examples  # noqa: E402
-from recipes.tool_parser import run_path  # noqa: E402
+from lightning_modules.checkpoints import load_exportable, split_examples  # noqa: E402
+from recipes.tools.config import instantiate, read_config  # noqa: E402
+from recipes.tools.parser import run_path  # noqa: E402
 
 SURGE = ("sports", "finance", "entertainment")
 

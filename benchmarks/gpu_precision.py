@@ -1,10 +1,10 @@
 """Mixed precision on one GPU: epoch time of the news16_cpu teacher recipe in bf16-mixed, 32-true and 16-mixed.
 
-Builds the trainer, model and data of ``recipes/news16_cpu.yaml`` through the CLI (``run=False``, so exactly what
-the recipe trains) with ``--trainer.accelerator gpu`` and each precision, interleaved over ``--rounds`` rounds, and
-trains ``--epochs`` epochs per run. Each epoch is timed twice, CUDA synchronized: its training batches alone, and
-the whole epoch with validation. The first epoch of every run (CUDA and autocast warm-up) is not counted. Prints a
-Markdown table (medians, and the speed of each precision relative to 32-true) and writes JSON.
+Builds the trainer, model and data of ``recipes/configs/news16_cpu.yaml`` through the CLI (``run=False``, so exactly
+what the recipe trains) with ``--trainer.accelerator gpu`` and each precision, interleaved over ``--rounds`` rounds, and
+trains ``--epochs`` epochs per run. Each epoch is timed twice, CUDA synchronized: its training batches alone, and the
+whole epoch with validation. The first epoch of every run (CUDA and autocast warm-up) is not counted. Prints a Markdown
+table (medians, and the speed of each precision relative to 32-true) and writes JSON.
 
     NEWS_DATA_DIR=../shared/data python benchmarks/gpu_precision.py --limit-per-class 1000
 

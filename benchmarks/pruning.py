@@ -1,7 +1,7 @@
 """Pruning on the shipped news16 student: magnitude and structured pruning at 30% and 50%, each fine-tuned.
 
-Runs ``recipes/news16_prune_cpu.yaml`` once per variant (the same 3-epoch fine-tuning from the trained student, with
-no pruning as the control), then reads each run's ``export/`` (benchmark, manifest, profile) and times every run's
+Runs ``recipes/configs/news16_prune_cpu.yaml`` once per variant (the same 3-epoch fine-tuning from the trained student,
+with no pruning as the control), then reads each run's ``export/`` (benchmark, manifest, profile) and times every run's
 ONNX files again side by side in this one process (interleaved rounds, batch 1, 1 thread, at 32 and 128 tokens), since
 runs made at different times on a shared machine do not compare. Prints a Markdown table and writes JSON::
 
@@ -30,7 +30,7 @@ from export.evaluation import EvalSet  # noqa: E402
 from export.files import write_json  # noqa: E402
 from export.onnx_export import onnx_session  # noqa: E402
 
-RECIPE = REPO / "recipes" / "news16_prune_cpu.yaml"
+RECIPE = REPO / "recipes" / "configs" / "news16_prune_cpu.yaml"
 # name -> the pruning callback the variant trains with (None: the control, fine-tuned without pruning)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "no pruning": None,

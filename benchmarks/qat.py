@@ -1,12 +1,12 @@
 """QAT vs post-training static INT8 (PTQ) vs dynamic INT8 on the shipped news16 student, side by side.
 
-Fits ``recipes/news16_qat_cpu.yaml`` twice from the trained student: with quantization-aware training, and the same
-3-epoch fine-tuning without it (the control: what fine-tuning alone gives). Each run writes its static INT8 files
+Fits ``recipes/configs/news16_qat_cpu.yaml`` twice from the trained student: with quantization-aware training, and the
+same 3-epoch fine-tuning without it (the control: what fine-tuning alone gives). Each run writes its static INT8 files
 with the same calibration (the QAT run also post-training quantizes the starting student). Then reads every run's
-manifest and benchmark and times the ONNX files again side by side in this one process (interleaved rounds, batch 1,
-1 thread, 32 and 128 tokens), since runs made at different times on a shared machine do not compare. Accuracy is on
-the 4,800 news16 test headlines; Core ML W8A8 accuracy is simulated in PyTorch (Core ML predicts on macOS only).
-Prints a Markdown table and writes JSON::
+manifest and benchmark and times the ONNX files again side by side in this one process (interleaved rounds, batch 1, 1
+thread, 32 and 128 tokens), since runs made at different times on a shared machine do not compare. Accuracy is on the
+4,800 news16 test headlines; Core ML W8A8 accuracy is simulated in PyTorch (Core ML predicts on macOS only). Prints a
+Markdown table and writes JSON::
 
     NEWS_DATA_DIR=../shared/data python benchmarks/qat.py              # 2 fits, about 15 minutes on 2 cores
     NEWS_DATA_DIR=../shared/data python benchmarks/qat.py --skip-fit   # re-read and re-time the last runs
@@ -31,7 +31,7 @@ from benchmarks.pruning import time_side_by_side  # noqa: E402
 from export.files import write_json  # noqa: E402
 from export.static_int8 import through_latest  # noqa: E402
 
-RECIPE = REPO / "recipes" / "news16_qat_cpu.yaml"
+RECIPE = REPO / "recipes" / "configs" / "news16_qat_cpu.yaml"
 # name -> (logger name, keep the QAT callback)
 RUNS = {"QAT": ("news16_qat", True), "fine-tuned, no QAT (control)": ("news16_qat_control", False)}
 

@@ -42,7 +42,7 @@ from export.baseline import baseline_row  # noqa: E402
 from lightning_modules import NewsDataModule  # noqa: E402
 from lightning_modules.runs import resolve_run_path  # noqa: E402
 
-RECIPES = REPO / "recipes"
+RECIPES = REPO / "recipes" / "configs"
 EXPORT_CALLBACKS = "callbacks."
 
 

@@ -1,10 +1,10 @@
 """Training throughput: our LightningModule + Trainer against a plain PyTorch loop, side by side in one run.
 
-Builds the model, data, batch size and optimizer of a classifier recipe (default ``recipes/news16_cpu.yaml``) through
-the CLI (``run=False``: exactly what the recipe trains) and fits it with the recipe's Trainer (its callbacks, logger
-and progress output; validation off, ``max_steps`` set). A callback interleaves plain PyTorch loops with that fit:
-after ``--warmup`` untimed steps of every variant, each round times ``--steps`` Lightning steps, then ``--steps`` steps
-of each plain variant, each training its own copy of the same initial model. Variants:
+Builds the model, data, batch size and optimizer of a classifier recipe (default ``recipes/configs/news16_cpu.yaml``)
+through the CLI (``run=False``: exactly what the recipe trains) and fits it with the recipe's Trainer (its callbacks,
+logger and progress output; validation off, ``max_steps`` set). A callback interleaves plain PyTorch loops with that
+fit: after ``--warmup`` untimed steps of every variant, each round times ``--steps`` Lightning steps, then ``--steps``
+steps of each plain variant, each training its own copy of the same initial model. Variants:
 
 - ``fit``: the recipe's Trainer; length-grouped batches padded to their longest row (the DataModule's loader);
 - ``plain``: a plain loop (forward, cross-entropy, backward, clipping, AdamW, scheduler) over the *same batches* in

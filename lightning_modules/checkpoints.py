@@ -18,6 +18,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 import export.ngram_bert  # noqa: F401  (registers the ngram_bert model type)
+from export import EvalSet
+from export.assets import build_tokenizer
 from lightning_modules.encoders import EncoderSpec
 from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import resolve_run_path
@@ -75,3 +77,14 @@ def load_exportable(path: str | Path) -> ExportableModel:
                               f"unexpected {unexpected[:3]})")
     return ExportableModel(model.eval(), list(info["label_names"]), list(info["vocab"]), int(info["max_length"]),
                            info.get("tokenizer_settings"))
+
+
+def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> EvalSet:
+    """A split's texts tokenized with the shipped vocabulary (as the app does), labels as shipped class ids."""
+    examples, _ = datamodule.cleaned_splits[split]
+    index = {name: i for i, name in enumerate(exportable.label_names)}
+    kept = [example for example in examples if example.label in index]
+    if not kept:
+        raise PocketbertError(f"the {split} split has no rows with the model's labels")
+    return EvalSet.from_texts([e.text for e in kept], [index[e.label] for e in kept],
+                              build_tokenizer(exportable.vocab, exportable.tokenizer_settings), exportable.max_length)

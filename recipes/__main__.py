@@ -9,15 +9,15 @@ from export.errors import ExportError
 from lightning_modules.errors import PocketbertError
 
 # Subcommands that are not Trainer entry points: name -> "module:function(argv) -> int".
-TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.export_cmd:main",
-                         "personalize": "recipes.personalize_cmd:main", "drift": "recipes.drift_cmd:main",
-                         "summary": "recipes.summary_cmd:main",
-                         "classify": "recipes.classify_cmd:main", "data": "recipes.data_cmd:main"}
+TOOLS: dict[str, str] = {"sweep": "recipes.sweep:main", "export": "recipes.tools.export:main",
+                         "personalize": "recipes.tools.personalize:main", "drift": "recipes.tools.drift:main",
+                         "summary": "recipes.tools.summary:main",
+                         "classify": "recipes.tools.classify:main", "data": "recipes.tools.data:main"}
 
 
 TOOLS_HELP = """pocketbert: python -m recipes SUBCOMMAND [--help]
 
-Recipes (LightningCLI; --config NAME.yaml, a bare name resolves in recipes/):
+Recipes (LightningCLI; --config NAME.yaml, a bare name resolves in recipes/configs/):
   fit, validate, test, predict
 Tools:
   export       write the fit-end artifacts (INT8, ONNX, Core ML, app assets, benchmark) from a checkpoint

@@ -17,7 +17,7 @@ from export.files import write_text
 from lightning_modules.checkpoints import read_checkpoint
 from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import resolve_run_path, run_dir_of_checkpoint
-from recipes import RECIPES_DIR
+from recipes import CONFIGS_DIR
 from recipes.console import configure_trainer, export_summary, quiet_third_party
 from recipes.latest_run import LatestRun
 from recipes.run_columns import VOCABULARY, run_columns
@@ -42,7 +42,7 @@ def recipe_path(value: str) -> str:
         return value
     if resolve_run_path(value).exists():  # tb_logs/<name>/latest/config.yaml
         return str(resolve_run_path(value))
-    for candidate in (RECIPES_DIR / value, RECIPES_DIR / f"{value}.yaml"):
+    for candidate in (CONFIGS_DIR / value, CONFIGS_DIR / f"{value}.yaml"):
         if candidate.is_file():
             return str(candidate)
     return value

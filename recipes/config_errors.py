@@ -48,7 +48,7 @@ def concise_config_error(message: str, config_files: list[str]) -> str:
     if match := _KEY_NOT_EXPECTED.search(message):
         return f"unknown config key '{match.group(1)}'; check the spelling, or list the keys with --help"
     if match := _MISSING_FILE.search(message):
-        return (f"config file not found: {match.group(1)}; give a path or the name of a recipe in recipes/ "
+        return (f"config file not found: {match.group(1)}; give a path or the name of a recipe in recipes/configs/ "
                 "(e.g. news16_cpu.yaml)")
     nested_keys = _PARSER_KEY.findall(message)
     key = ".init_args.".join(nested_keys) if len(nested_keys) > 1 else section_name

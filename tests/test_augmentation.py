@@ -111,9 +111,10 @@ def test_augmentation_is_an_hparams_column() -> None:
     import yaml
     from jsonargparse import dict_to_namespace
 
+    from recipes import CONFIGS_DIR
     from recipes.run_columns import VOCABULARY, run_columns
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "news16_augment_cpu.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS_DIR / "news16_augment_cpu.yaml").read_text())
     columns = run_columns(dict_to_namespace(recipe))
     assert columns["augmentation"] == "EdaAugmentation copies=1 operations=['synonym', 'delete', 'swap', 'insert'] " \
                                       "rate=0.1 seed=0"

@@ -23,7 +23,7 @@ from tests.conftest import REPO
 @pytest.fixture(scope="module")
 def news16_lengths(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """Token lengths of a real 16-class slice of the news16 training split (200 headlines a class)."""
-    data = yaml.safe_load((REPO / "recipes" / "news16_cpu.yaml").read_text())["data"]["init_args"]
+    data = yaml.safe_load((REPO / "recipes" / "configs" / "news16_cpu.yaml").read_text())["data"]["init_args"]
     datamodule = NewsDataModule(**{**data, "limit_per_class": 200, "cache_dir": tmp_path_factory.mktemp("cache")})
     datamodule.setup("fit")
     texts = datamodule.texts["train"]

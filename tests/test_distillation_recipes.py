@@ -42,7 +42,7 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     report = json.loads((resolve_run_path(pretrained) / "pretraining.json").read_text())
     assert report["text"]["overlap_with_task_heldout"] == 0 and report["text"]["task_heldout_texts"] == 54
     # the shipped recipe, with budgets a tiny model on 3 classes can meet (it trails the linear baseline)
-    recipe = (REPO / "recipes" / "news16_distill_cpu.yaml").read_text("utf-8")
+    recipe = (REPO / "recipes" / "configs" / "news16_distill_cpu.yaml").read_text("utf-8")
     relaxed = tmp_path / "news16_distill_cpu.yaml"
     relaxed.write_text(recipe.replace("min_lead_over_baseline: -4", "min_lead_over_baseline: -100"), "utf-8")
     assert main(["fit", "--config", str(relaxed), *slice_args(tmp_path), "--trainer.max_epochs", "4",

@@ -147,7 +147,7 @@ def test_fp16_mixed_teacher_fits(tmp_path: Path, cache: Path) -> None:
 
 def distill_recipe(folder: Path, teacher: Path, *, exports: bool, **model_args: Any) -> Path:
     """news16_distill_cpu.yaml pointed at ``teacher``; Core ML only where coremltools is installed, or no exports."""
-    config = yaml.safe_load((REPO / "recipes" / "news16_distill_cpu.yaml").read_text("utf-8"))
+    config = yaml.safe_load((REPO / "recipes" / "configs" / "news16_distill_cpu.yaml").read_text("utf-8"))
     # the checkpoint teacher alone, and a student from scratch (TEACHER_ARGS give its shape)
     config["model"]["init_args"].pop("pretrained")
     config["model"]["init_args"].update(teacher_checkpoint=str(teacher), teachers=[], learning_rate=2e-3, **model_args)

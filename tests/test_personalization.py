@@ -264,7 +264,7 @@ def test_top_level_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> N
 def test_rehearsal_refuses_a_checkpoint_whose_head_differs_even_only_in_its_bias(tmp_path: Path) -> None:
     from lightning_modules.checkpoints import ExportableModel
     from lightning_modules.errors import PocketbertError
-    from recipes.personalize_cmd import check_same_model
+    from recipes.tools.personalize import check_same_model
 
     head, shipped = head_from_spec(tmp_path, coreml.UpdatableHead())
     exportable = ExportableModel(shipped.model, LABELS, [], 16)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from recipes import RECIPES_DIR
+from recipes import CONFIGS_DIR
 from recipes.__main__ import main
 from tests.conftest import REPO
 
 
 def write_recipe(tmp_path: Path, save_dir: Path, kill_at_step: int | None = None) -> Path:
-    config = yaml.safe_load((RECIPES_DIR / "news16_cpu.yaml").read_text("utf-8"))
+    config = yaml.safe_load((CONFIGS_DIR / "news16_cpu.yaml").read_text("utf-8"))
     config["trainer"].update(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(save_dir)
     config["trainer"]["callbacks"] = [

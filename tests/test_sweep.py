@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from recipes.__main__ import main
-from recipes.sweep_space import SearchParam, bounds, cli_value
+from recipes.sweep.space import SearchParam, bounds, cli_value
 
 # 4 classes x 100 real headlines, a 1-layer 64-wide BERT, 3 epochs of 35 batches: about 10 s a trial on one core.
 TINY_OVERRIDES = {

@@ -116,7 +116,7 @@ def test_hparams_row_has_the_tuned_columns_and_the_best_validation_score(teacher
 
 
 def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) -> None:
-    recipe = yaml.safe_load((REPO / "recipes" / "news16_distill_cpu.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "configs" / "news16_distill_cpu.yaml").read_text())
     pretrain_runs = tmp_path / "tb_logs" / "news16_pretrain_cpu"
     (pretrain_runs / "version_4" / "pretrained").mkdir(parents=True)
     point_latest(pretrain_runs / "version_4")

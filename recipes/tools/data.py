@@ -22,8 +22,8 @@ from lightning_modules.corpus import Example
 from lightning_modules.datamodule import SPLITS
 from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import resolve_run_path
-from recipes.export_cmd import instantiate, read_config
-from recipes.tool_parser import ToolParser, run_path
+from recipes.tools.config import instantiate, read_config
+from recipes.tools.parser import ToolParser, run_path
 
 COLUMNS = ("text", "label", "original")
 

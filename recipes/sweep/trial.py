@@ -14,8 +14,8 @@ from typing_extensions import override
 from callbacks import HParamsTable
 from lightning_modules.errors import PocketbertError
 from recipes.cli import PocketbertCLI
-from recipes.sweep_config import SweepRecipe, training_args
-from recipes.sweep_space import suggest
+from recipes.sweep.config import SweepRecipe, training_args
+from recipes.sweep.space import suggest
 
 
 class MetricNotLogged(PocketbertError):

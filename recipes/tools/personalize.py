@@ -32,10 +32,10 @@ from export.personalization import (
     read_head_update,
     rehearse,
 )
-from lightning_modules.checkpoints import ExportableModel, load_exportable
+from lightning_modules.checkpoints import ExportableModel, load_exportable, split_examples
 from lightning_modules.errors import PocketbertError
-from recipes.export_cmd import instantiate, read_config
-from recipes.tool_parser import run_path
+from recipes.tools.config import instantiate, read_config
+from recipes.tools.parser import run_path
 
 DEFAULTS = UserSimulation()
 
@@ -116,17 +116,6 @@ def check_same_model(head: HeadUpdate, exportable: ExportableModel, checkpoint: 
                               "differ); pass the checkpoint it was exported from with --ckpt, or re-export")
 
 
-def split_examples(datamodule: Any, split: str, exportable: ExportableModel) -> EvalSet:
-    """A split's texts tokenized with the shipped vocabulary (as the app does), labels as shipped class ids."""
-    examples, _ = datamodule.cleaned_splits[split]
-    index = {name: i for i, name in enumerate(exportable.label_names)}
-    kept = [example for example in examples if example.label in index]
-    if not kept:
-        raise PocketbertError(f"the {split} split has no rows with the model's labels")
-    return EvalSet.from_texts([e.text for e in kept], [index[e.label] for e in kept],
-                              build_tokenizer(exportable.vocab, exportable.tokenizer_settings), exportable.max_length)
-
-
 def log_to_tensorboard(run: Path, report: dict[str, Any], text: str) -> None:
     """Summary means as ``personalization/*`` scalars and the Markdown report as text, in the run's TensorBoard."""
     from torch.utils.tensorboard import SummaryWriter
@@ -189,4 +178,3 @@ def main(argv: list[str] | None = None) -> int:
         log_to_tensorboard(run, report, text)
     print(f"\n{text}\n\nreport: {out / 'report.json'}, {out / 'report.md'}")
     return 0
-

@@ -18,9 +18,9 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from lightning_modules.errors import PocketbertError
-from recipes.sweep_config import SweepRecipe, check_training_config, parse, resolved_config, training_args
-from recipes.sweep_report import report
-from recipes.sweep_trial import TrialFailed, objective
+from recipes.sweep.config import SweepRecipe, check_training_config, parse, resolved_config, training_args
+from recipes.sweep.report import report
+from recipes.sweep.trial import TrialFailed, objective
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

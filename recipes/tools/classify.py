@@ -19,7 +19,7 @@ from export.evaluation import accuracy_and_macro_f1
 from export.inference import BATCH_SIZE, VARIANTS, Bundle, classify, load_bundle, prediction_records, write_predictions
 from lightning_modules.corpus import read_texts
 from lightning_modules.errors import PocketbertError
-from recipes.tool_parser import ToolParser, run_path
+from recipes.tools.parser import ToolParser, run_path
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PROGRESS_SECONDS = 10.0  # when stderr is not a terminal: a progress line this often

@@ -15,7 +15,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning_modules.errors import PocketbertError
 from recipes.cli import PocketbertCLI, recipe_path, resolve_config_names
 from recipes.config_errors import concise_config_error
-from recipes.sweep_space import (
+from recipes.sweep.space import (
     SearchParam,
     bounds,
     check_fixed_values,
@@ -72,8 +72,8 @@ class SweepRecipe:
     """An Optuna sweep over a training recipe.
 
     Args:
-        recipe: The training recipe every trial runs: a name in recipes/ (``news16_cpu.yaml``) or a path, relative
-            to the sweep YAML's folder or the working directory.
+        recipe: The training recipe every trial runs: a name in recipes/configs/ (``news16_cpu.yaml``) or a path,
+            relative to the sweep YAML's folder or the working directory.
         study_name: Name of the study and of its folder ``<save_dir>/<study_name>``; defaults to the sweep YAML's
             file name.
         n_trials: Finished (completed or pruned) trials the study should reach; a rerun runs only the rest. A failed
@@ -135,7 +135,8 @@ def build_parser() -> ArgumentParser:
                     "the search space, logged to <save_dir>/<study_name>/trial_<n>; rerun to continue the study. "
                     "See docs/sweeps.md.")
     parser.add_argument("--config", action=ActionConfigFile,
-                        help="A sweep recipe (YAML), e.g. news16_sweep_cpu.yaml (a bare name resolves in recipes/).")
+                        help="A sweep recipe (YAML), e.g. news16_sweep_cpu.yaml (a bare name resolves in "
+                             "recipes/configs/).")
     parser.add_class_arguments(SweepRecipe, fail_untyped=True, sub_configs=True)
     parser.add_argument("--dry_run", action=ActionYesNo, default=False,
                         help="Check the sweep and the training config at every end of the search space, print the "
@@ -167,7 +168,7 @@ def resolve_recipe(value: str, sweep_dir: Path | None) -> str:
     found = recipe_path(value)
     if not Path(found).is_file():
         raise PocketbertError(f"recipe {value} not found (looked in {sweep_dir or '.'}, the working directory and "
-                              "recipes/); name a training recipe such as news16_cpu.yaml")
+                              "recipes/configs/); name a training recipe such as news16_cpu.yaml")
     return found
 
 

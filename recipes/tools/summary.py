@@ -16,7 +16,7 @@ import yaml
 
 from export.files import write_json, write_text
 from lightning_modules.errors import PocketbertError
-from recipes.tool_parser import run_path
+from recipes.tools.parser import run_path
 
 COLUMNS = [("model", "model"), ("accuracy", "test acc"), ("macro_f1", "macro-F1"), ("size_mb", "size MB"),
            ("p50_ms", "p50 ms"), ("lead", "vs baseline (pts)")]

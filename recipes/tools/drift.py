@@ -17,7 +17,7 @@ from typing import Any
 from export.files import write_json
 from export.monitoring import SEVERITY, DriftThresholds, drift_check
 from lightning_modules.errors import PocketbertError
-from recipes.tool_parser import run_path
+from recipes.tools.parser import run_path
 
 BASELINE = "monitoring_baseline.json"
 COLUMNS = ("prediction", "predicted", "label")
