@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lightning_modules.errors import PocketbertError
-from lightning_modules.hub import hub_reachable
+from lightning_modules.hub import hub_reachable, in_hub_cache, names_local_folder
 
 
 def resolve_translation_model(name_or_path: str, what: str) -> tuple[str, bool]:
@@ -22,16 +22,11 @@ def resolve_translation_model(name_or_path: str, what: str) -> tuple[str, bool]:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path), True
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if names_local_folder(name_or_path):
         raise PocketbertError(f"back-translation {what} folder {name_or_path} not found; give a local model directory "
                               "(e.g. a saved Helsinki-NLP/opus-mt-zh-en) or a hub name")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-            return name_or_path, True
-    except Exception:  # any cache-probe failure just means "not cached"
-        pass
+    if in_hub_cache(name_or_path):
+        return name_or_path, True
     if not hub_reachable():
         raise PocketbertError(f"cannot load back-translation {what} '{name_or_path}': not a local directory, not in "
                               "the Hugging Face cache, and the hub is unreachable (offline); give a local model "

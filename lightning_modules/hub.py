@@ -122,19 +122,28 @@ def resolve_pretrained(name_or_path: str) -> tuple[str, bool]:
     local = resolve_run_path(name_or_path)  # tb_logs/<name>/latest/pretrained: the folder of the run it names
     if local.is_dir():
         return str(local), True
-    # a hub name is "name" or "org/name"; anything longer, or starting like a path, is a local folder
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if names_local_folder(name_or_path):
         raise PocketbertError(f"pretrained model folder {name_or_path} not found: run {run_hint(Path(name_or_path))} "
                               "first, or set model.init_args.pretrained to an existing folder")
+    if in_hub_cache(name_or_path):
+        return name_or_path, True
+    require_hub(name_or_path, "pretrained model")
+    return name_or_path, False
+
+
+def names_local_folder(name_or_path: str) -> bool:
+    """A hub name is "name" or "org/name"; anything longer, or starting like a path, is a local folder."""
+    return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+
+
+def in_hub_cache(name_or_path: str) -> bool:
+    """Whether the Hugging Face cache holds the model's ``config.json`` (loadable offline)."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-            return name_or_path, True
+        return isinstance(try_to_load_from_cache(name_or_path, "config.json"), str)
     except Exception:  # any cache-probe failure just means "not cached"
-        pass
-    require_hub(name_or_path, "pretrained model")
-    return name_or_path, False
+        return False
 
 
 def vocab_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
