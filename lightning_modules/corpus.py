@@ -184,7 +184,7 @@ def json_rows(path: Path, lines: list[str], text_key: str, hint: str) -> list[tu
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-        if text_key not in row:
+        if not isinstance(row, dict) or text_key not in row:
             raise PocketbertError(f"{path}:{line_no}: no field '{text_key}'; {hint}")
         rows.append((line_no, row))
     return rows
@@ -337,22 +337,11 @@ def read_texts(path: Path, text_column: str = "text", label_column: str | None =
 
 
 def _json_texts(path: Path, lines: list[str], text_column: str, label_column: str | None) -> TextRows:
-    texts: list[str] = []
-    line_numbers: list[int] = []
-    labels: list[str | None] = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PocketbertError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or text_column not in row:
-            raise PocketbertError(f"{path}:{line_no}: no field {text_column!r}; name the text field with --text_column")
-        texts.append(str(row[text_column] or ""))
-        line_numbers.append(line_no)
-        value = row.get(label_column) if label_column else None
-        labels.append(str(value).strip() or None if value is not None else None)
+    rows = json_rows(path, lines, text_column, "name the text field with --text_column")
+    texts = [str(row[text_column] or "") for _, row in rows]
+    line_numbers = [line_no for line_no, _ in rows]
+    values = [row.get(label_column) if label_column else None for _, row in rows]
+    labels = [str(value).strip() or None if value is not None else None for value in values]
     has_labels = any(label is not None for label in labels)
     return TextRows(texts, line_numbers, labels if has_labels else None)
 
