@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from transformers import AutoModelForSequenceClassification
 
 from export import EvalSet, ShippedModel, coreml
@@ -131,3 +133,28 @@ def test_bad_ngram_settings_are_one_line_errors() -> None:
                         (EncoderSpec(ngram_orders=[2], kind="mobilebert"), "ngram_orders needs kind: bert")):
         with pytest.raises(PocketbertError, match=needle):
             build_from_spec(bad, vocab_size=100, pad_token_id=0, label_names=LABELS, dropout=0.1)
+
+
+def test_onnx_files_store_each_constant_once(headlines: list[str], tokenizer: object, tmp_path: Path) -> None:
+    """The bag of n-grams hashes the ids a second time; the exporter folded the pruned id map into two constants
+    (2 x 46 KB of the shipped 4 MB INT8 file) once the vocabulary has more than about a thousand tokens."""
+    torch.manual_seed(0)
+    spec = tiny_spec("ngram32")
+    spec.pooling, spec.ngram_bag = "mean", True
+    classifier = build_from_spec(spec, vocab_size=21128, pad_token_id=0, label_names=LABELS, dropout=0.1).eval()
+    full_ids = tokenizer(headlines)["input_ids"]  # type: ignore[operator]
+    pruned = PrunedVocab.from_training_ids(tokenizer, torch.tensor([i for row in full_ids for i in row]))  # type: ignore[arg-type]
+    pruned.prune_embeddings(classifier, report=False)
+    export_onnx(ShippedModel(classifier, LABELS, [], 64), tmp_path / "model.onnx")
+    quantize_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    vocab_size = len(pruned.tokens)
+    for name in ["model.onnx", "model.int8.onnx"]:
+        graph = onnx.load(str(tmp_path / name)).graph
+        id_maps = [t for t in graph.initializer if tuple(t.dims) == (vocab_size,)]
+        assert len(id_maps) == 1, f"{name} stores the id map {len(id_maps)} times"
+        assert numpy_helper.to_array(id_maps[0]).tolist() == pruned.kept_ids.tolist()
+    ids = pruned.tokenizer(headlines[:20], truncation=True, max_length=64)["input_ids"]
+    examples = EvalSet(ids, [0] * len(ids))
+    reference = predict_all(hf_predictor(classifier), examples)
+    fp32 = parity(reference, predict_all(onnx_predictor(onnx_session(tmp_path / "model.onnx")), examples))
+    assert fp32["max_abs_logit_diff"] < 1e-4 and fp32["agreement"] == 1.0
