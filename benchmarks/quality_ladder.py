@@ -8,8 +8,9 @@ benchmark measures what ships), tested on the same test split; seeds change the 
 2. the student's transformer from scratch, cross-entropy only (``<data>_cpu.yaml`` without n-grams);
 3. + hashed bigram embeddings;
 4. + mean pooling and the bag of bigrams beside the transformer (``<data>_cpu.yaml`` as shipped);
-5. + the cross-fitted linear teacher (``<data>_distill_cpu.yaml`` from scratch);
-6. + masked-LM pretraining (``<data>_pretrain_cpu.yaml`` then ``<data>_distill_cpu.yaml``: the shipped pipeline), with
+5. + a bigram vocabulary instead of hash buckets (the pretraining recipe's ``ngram_vocabulary``);
+6. + the cross-fitted linear teacher (``<data>_distill_cpu.yaml`` from scratch, the pretraining recipe's shape);
+7. + masked-LM pretraining (``<data>_pretrain_cpu.yaml`` then ``<data>_distill_cpu.yaml``: the shipped pipeline), with
    its exported ONNX INT8 file's accuracy.
 
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_ladder.py --data news16 --seeds 42 --final-seeds 43
@@ -108,6 +109,8 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
     scratch = architecture(classifier, ngram_orders=None, pooling="cls", ngram_bag=False)
     bigram = architecture(classifier, pooling="cls", ngram_bag=False)
     shipped_classifier = without_exports(classifier)
+    vocabulary = architecture(classifier, ngram_vocabulary=pretrain["model"]["init_args"]["architecture"]
+                              .get("ngram_vocabulary", 0))
     distilled = without_exports(student)
     distilled["model"]["init_args"].pop("pretrained")
     distilled["model"]["init_args"]["architecture"] = pretrain["model"]["init_args"]["architecture"]
@@ -115,6 +118,7 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
     rungs = [("transformer from scratch, cross-entropy", "scratch", scratch),
              ("+ hashed bigram embeddings", "bigram", bigram),
              ("+ mean pooling and a bag of bigrams", "pooling", shipped_classifier),
+             ("+ a bigram vocabulary (the most frequent training bigrams a row each)", "vocabulary", vocabulary),
              (f"+ cross-fitted linear teachers ({teachers})", "teacher", distilled)]
     for title, name, config in rungs:
         print(f"{title}:", flush=True)

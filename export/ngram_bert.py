@@ -15,6 +15,12 @@ Why this shape:
 - integer maths stays below 2**31 (Core ML runs int32): ``stable_id < hash_vocab_size`` and
   ``multiplier_k < 2**31 / (hash_vocab_size + 1)``.
 
+With ``ngram_vocabulary: K`` the table has one row per bigram of the K most frequent in the training texts (plus one
+row shared by every other bigram) instead of hash buckets: a static perfect hash (hash and displace) inside the
+graph finds a bigram's row, and a stored key per row tells a known bigram from any other. Random buckets merge a
+rare, telling bigram with frequent ones; on THUCNews-10 a linear SVM over unigrams and the 20,000 most frequent
+bigrams scores 0.907, over 20,000 hashed buckets 0.898.
+
 This module imports only torch and transformers (no project code), so every loader of a shipped model (export,
 benchmark, ``classify``) can rebuild it. Importing it registers the ``ngram_bert`` model type with the ``Auto*``
 classes, so ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads a saved model.
@@ -45,12 +51,26 @@ MAX_ORDER = 4
 _MULTIPLIERS = (1, 92821, 68917, 40063)
 
 
-def hash_multipliers(hash_vocab_size: int, orders: list[int]) -> list[int]:
+# The bigram vocabulary's three hashes (home slot, group, stride), two multipliers each.
+_VOCABULARY_MULTIPLIERS = (92821, 68917, 40063, 15809, 77003, 27449)
+VOCABULARY_LOAD = 0.99  # known bigrams per slot of the perfect hash: 1% of the rows stay empty
+VOCABULARY_GROUP_SIZE = 4  # bigrams per displacement group, on average
+
+
+def next_prime(n: int) -> int:
+    """The smallest prime >= n."""
+    candidate = max(2, n)
+    while any(candidate % d == 0 for d in range(2, int(candidate**0.5) + 1)):
+        candidate += 1
+    return candidate
+
+
+def hash_multipliers(hash_vocab_size: int, orders: list[int], constants: tuple[int, ...] = _MULTIPLIERS) -> list[int]:
     """One multiplier per n-gram position, each small enough that ``id * multiplier`` fits in int32."""
     limit = (2**31 - 1) // (hash_vocab_size + 1)
     if limit < 2:
         raise ValueError(f"a vocabulary of {hash_vocab_size} tokens is too large for int32 n-gram hashing")
-    return [1 + (m % (limit - 1)) if m >= limit else m for m in _MULTIPLIERS[: max(orders)]]
+    return [1 + (m % (limit - 1)) if m >= limit else m for m in constants[: max(orders)]]
 
 
 class NgramBertConfig(BertConfig):
@@ -60,6 +80,9 @@ class NgramBertConfig(BertConfig):
         ngram_orders: N-gram lengths whose embeddings are added, e.g. ``[2]`` (bigrams) or ``[2, 3]``.
         ngram_buckets: Hash buckets per order (rows of the n-gram table per order).
         ngram_size: Width of the n-gram table; projected to ``hidden_size`` when different (a smaller table).
+        ngram_vocabulary: When positive, the table holds the ``ngram_vocabulary`` most frequent bigrams of the
+            training texts, a row each, and one row for all others (``ngram_orders`` must be ``[2]``); the bigrams are
+            counted when training starts (``fill_bigram_vocabulary``). 0: hash every n-gram into ``ngram_buckets``.
         ngram_dropout: Training-time probability of dropping a position's n-gram vector (the table is large and
             memorizes rare n-grams otherwise).
         hash_vocab_size: Size of the vocabulary the stable ids come from (the original, unpruned one).
@@ -77,7 +100,8 @@ class NgramBertConfig(BertConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, ngram_orders: list[int] | None = None, ngram_buckets: int = 20000,
-                 ngram_size: int | None = None, ngram_dropout: float = 0.0, hash_vocab_size: int | None = None,
+                 ngram_size: int | None = None, ngram_dropout: float = 0.0, ngram_vocabulary: int = 0,
+                 hash_vocab_size: int | None = None,
                  ngram_multipliers: list[int] | None = None, pooling: str = "cls", ngram_bag: bool = False,
                  layer_heads: list[int] | None = None, layer_intermediate_sizes: list[int] | None = None,
                  **kwargs: Any) -> None:
@@ -99,10 +123,24 @@ class NgramBertConfig(BertConfig):
         if ngram_buckets < 1:
             raise ValueError(f"ngram_buckets must be positive, got {ngram_buckets}")
         self.ngram_buckets = int(ngram_buckets)
+        if ngram_vocabulary < 0 or (ngram_vocabulary and self.ngram_orders != [2]):
+            raise ValueError(f"ngram_vocabulary needs ngram_orders [2] and a size >= 0, got {ngram_vocabulary} "
+                             f"with orders {self.ngram_orders}")
+        self.ngram_vocabulary = int(ngram_vocabulary)
         self.ngram_size = int(ngram_size or self.hidden_size)
         self.ngram_dropout = float(ngram_dropout)
         self.hash_vocab_size = int(hash_vocab_size or self.vocab_size)
         self.ngram_multipliers = list(ngram_multipliers or hash_multipliers(self.hash_vocab_size, self.ngram_orders))
+
+    @property
+    def vocabulary_slots(self) -> int:
+        """Rows of the perfect hash (the table has one more: the row of every other bigram); a prime, so that every
+        stride reaches every slot."""
+        return next_prime(int(self.ngram_vocabulary / VOCABULARY_LOAD) + 2)
+
+    @property
+    def vocabulary_groups(self) -> int:
+        return max(1, self.ngram_vocabulary // VOCABULARY_GROUP_SIZE)
 
     @property
     def feature_size(self) -> int:
@@ -119,18 +157,28 @@ class HashedNgramEmbedding(nn.Module):
         self.buckets = int(config.ngram_buckets)
         self.multipliers = list(config.ngram_multipliers)
         self.fill_id = int(config.hash_vocab_size)  # the id "before the text": no token has it
-        self.table = nn.Embedding(self.buckets * len(self.orders), config.ngram_size)
+        self.vocabulary = int(config.ngram_vocabulary)
+        rows = config.vocabulary_slots + 1 if self.vocabulary else self.buckets * len(self.orders)
+        self.table = nn.Embedding(rows, config.ngram_size)
         self.projection = (nn.Linear(config.ngram_size, config.hidden_size, bias=False)
                            if config.ngram_size != config.hidden_size else None)
         self.dropout = float(config.ngram_dropout)
         # model token id -> stable id (the original vocabulary's id); persistent: it changes when pruning
         self.hash_ids = nn.Buffer(torch.arange(config.vocab_size, dtype=torch.long))
+        if self.vocabulary:
+            self.key_base = int(config.hash_vocab_size) + 1  # key of bigram (a, b): a * key_base + b, < 2**31
+            self.slot_multipliers = hash_multipliers(config.hash_vocab_size, [6], _VOCABULARY_MULTIPLIERS)
+            # slot -> key of its bigram (-1: empty); group -> displacement. Filled by fill_bigram_vocabulary.
+            self.vocabulary_keys = nn.Buffer(torch.full((config.vocabulary_slots,), -1, dtype=torch.int32))
+            self.vocabulary_shifts = nn.Buffer(torch.zeros(config.vocabulary_groups, dtype=torch.int32))
 
     def bucket_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Row of the table for every (order, position): (batch, seq, len(orders))."""
         stable = self.hash_ids[input_ids.long()]  # (batch, seq)
         seq = stable.shape[1]
         padded = nn.functional.pad(stable, (MAX_ORDER - 1, 0), value=self.fill_id)  # (batch, seq + MAX_ORDER - 1)
+        if self.vocabulary:
+            return self.vocabulary_rows(padded[:, MAX_ORDER - 2 : MAX_ORDER - 2 + seq], stable).unsqueeze(-1)
         # term k: the token k places to the left, times its multiplier, reduced mod buckets (stays in int32)
         terms = [(padded[:, MAX_ORDER - 1 - k : MAX_ORDER - 1 - k + seq] * self.multipliers[k]) % self.buckets
                  for k in range(max(self.orders))]
@@ -141,6 +189,15 @@ class HashedNgramEmbedding(nn.Module):
                 total = total + terms[k]
             rows.append(total % self.buckets + slot * self.buckets)
         return torch.stack(rows, dim=-1)
+
+    def vocabulary_rows(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Table row of the bigrams (left, right) of stable ids, same shapes: its own row when known, else the last."""
+        slots, groups = self.vocabulary_keys.shape[0], self.vocabulary_shifts.shape[0]
+        home, group, stride = vocabulary_hashes(left, right, self.slot_multipliers, slots, groups)
+        shift = self.vocabulary_shifts[group].to(home.dtype)
+        slot = (home + shift * stride) % slots  # shift < 2**31 / slots: the product stays in int32
+        known = self.vocabulary_keys[slot].to(left.dtype) == left * self.key_base + right
+        return torch.where(known, slot, torch.full_like(slot, slots))
 
     def table_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The summed table rows of each position's n-grams (batch, seq, ngram_size), dropped out in training."""
@@ -157,6 +214,90 @@ class HashedNgramEmbedding(nn.Module):
     def keep_tokens(self, kept_ids: torch.Tensor) -> None:
         """Follow a vocabulary pruning: new token ``j`` is old token ``kept_ids[j]``."""
         self.hash_ids = nn.Buffer(self.hash_ids[kept_ids.to(self.hash_ids.device)].clone())
+
+    @property
+    def needs_vocabulary(self) -> bool:
+        """True for a bigram-vocabulary model whose bigrams were not counted yet (every row would be "other")."""
+        return bool(self.vocabulary) and bool((self.vocabulary_keys < 0).all())
+
+    def fill_bigram_vocabulary(self, ids: torch.Tensor, offsets: torch.Tensor) -> dict[str, float]:
+        """Give the most frequent bigrams of the texts (model token ids, flat (n,); row starts (rows + 1,)) a row
+        each, by a hash-and-displace perfect hash; returns counts for the log."""
+        stable = self.hash_ids[ids.long().to(self.hash_ids.device)].long().cpu()
+        if len(stable) == 0:
+            raise ValueError("no training tokens to count bigrams in")
+        starts = torch.zeros(len(stable), dtype=torch.bool)
+        starts[offsets[:-1][offsets[:-1] < len(stable)].long()] = True
+        left = torch.cat([torch.tensor([self.fill_id]), stable[:-1]]).masked_fill(starts, self.fill_id)
+        keys, counts = torch.unique(left * self.key_base + stable, return_counts=True)
+        # most frequent first; ties by key, so the same texts always give the same vocabulary
+        order = sorted(range(len(keys)), key=lambda i: (-int(counts[i]), int(keys[i])))[: self.vocabulary]
+        chosen = keys[order]
+        placed, slots, shifts = perfect_hash(chosen // self.key_base, chosen % self.key_base, self.slot_multipliers,
+                                             self.vocabulary_keys.shape[0], self.vocabulary_shifts.shape[0])
+        with torch.no_grad():
+            device = self.vocabulary_keys.device
+            self.vocabulary_keys.fill_(-1)
+            self.vocabulary_keys[slots.to(device)] = chosen[placed].to(device=device, dtype=torch.int32)
+            self.vocabulary_shifts.copy_(shifts)
+        kept_counts = counts[order][placed]
+        return {"distinct_bigrams": len(keys), "kept": len(placed),
+                "coverage": float(kept_counts.sum() / counts.sum()) if len(keys) else 0.0}
+
+
+def vocabulary_hashes(left: torch.Tensor, right: torch.Tensor, m: list[int], slots: int,
+                      groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(home slot, group, stride in 1..slots-1) of bigrams of stable ids; every product stays in int32."""
+    home = ((left * m[0]) % slots + (right * m[1]) % slots) % slots
+    group = ((left * m[2]) % groups + (right * m[3]) % groups) % groups
+    stride = ((left * m[4]) % (slots - 1) + (right * m[5]) % (slots - 1)) % (slots - 1) + 1
+    return home, group, stride
+
+
+def perfect_hash(left: torch.Tensor, right: torch.Tensor, multipliers: list[int], slots: int,
+                 groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hash and displace over bigrams given most frequent first: (the indices placed, their slots, the shift of every
+    group), distinct slots ``(home + shift[group] * stride) % slots``. The largest groups go first, while slots are
+    free. ``slots`` is a prime, so every stride reaches every slot; a group that still finds no shift (members alike in
+    all three hashes, or too few free slots left) drops its rarest member."""
+    home, group, stride = vocabulary_hashes(left, right, multipliers, slots, groups)
+    max_shift = min(slots, (2**31 - 1) // slots)
+    taken = torch.zeros(slots, dtype=torch.bool)
+    shifts = torch.zeros(groups, dtype=torch.int32)
+    placed: list[torch.Tensor] = []
+    where: list[torch.Tensor] = []
+    by_group: dict[int, list[int]] = {}
+    for index, g in enumerate(group.tolist()):
+        by_group.setdefault(g, []).append(index)
+    for g, members in sorted(by_group.items(), key=lambda item: (-len(item[1]), item[0])):
+        while members:
+            shift, places = _first_free_shift(home[members], stride[members], taken, max_shift)
+            if shift is not None:
+                taken[places] = True
+                shifts[g] = shift
+                placed.append(torch.tensor(members))
+                where.append(places)
+                break
+            members = members[:-1]
+    if not placed:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), shifts
+    return torch.cat(placed), torch.cat(where), shifts
+
+
+def _first_free_shift(home: torch.Tensor, stride: torch.Tensor, taken: torch.Tensor,
+                      max_shift: int, chunk: int = 64) -> tuple[int | None, torch.Tensor]:
+    slots = taken.shape[0]
+    for start in range(0, max_shift, chunk):
+        shifts = torch.arange(start, min(start + chunk, max_shift)).unsqueeze(1)  # (shifts, 1)
+        places = (home.unsqueeze(0) + shifts * stride.unsqueeze(0)) % slots  # (shifts, members)
+        ordered = places.sort(dim=1).values
+        distinct = (ordered[:, 1:] != ordered[:, :-1]).all(dim=1)
+        free = ~taken[places].any(dim=1) & distinct
+        found = torch.nonzero(free)
+        if len(found):
+            row = int(found[0])
+            return start + row, places[row]
+    return None, home
 
 
 class NgramBertEmbeddings(BertEmbeddings):
@@ -190,6 +331,9 @@ def _init_ngram(module: nn.Module, config: BertConfig) -> None:
             nn.init.normal_(module.projection.weight, std=config.initializer_range)
         with torch.no_grad():
             module.hash_ids.copy_(torch.arange(module.hash_ids.numel(), device=module.hash_ids.device))
+            if module.vocabulary:
+                module.vocabulary_keys.fill_(-1)
+                module.vocabulary_shifts.zero_()
 
 
 def masked_mean(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from typing_extensions import override
 
-from lightning_modules.encoders import EncoderSpec, build_classifier
+from lightning_modules.encoders import EncoderSpec, build_classifier, fill_ngram_vocabulary
 from lightning_modules.hub import load_tokenizer
 from lightning_modules.training import (
     StageMetrics,
@@ -64,6 +64,11 @@ class TextClassifier(L.LightningModule):
                                                        dropout=dropout, trust_remote_code=trust_remote_code)
         self.val_metrics = StageMetrics("val", self.label_names)
         self.test_metrics = StageMetrics("test", self.label_names)
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            fill_ngram_vocabulary(self.model, getattr(self.trainer, "datamodule", None))
 
     @override
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing_extensions import override
 from export.files import write_json
 from lightning_modules import training
 from lightning_modules.batching import TextsData, padded_rows
-from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier
+from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier, fill_ngram_vocabulary
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.losses import distillation_loss, hidden_state_loss
@@ -165,6 +165,7 @@ class DistillationModule(L.LightningModule):
             raise PocketbertError("DistillationModule trains with a NewsDataModule (it looks teacher inputs up by "
                                   "the batch's `index` in datamodule.texts); pass datamodule=...")
         texts, cache_dir = datamodule.texts, datamodule.cache_dir
+        fill_ngram_vocabulary(self.model, datamodule)  # before pruning: it reads the data's ids
         if self.prune and self.pruned is None:
             self._apply_pruning(PrunedVocab.from_training_ids(self.data_tokenizer,
                                                               datamodule.datasets["train"].tokens.ids))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -18,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from export.ngram_bert import NgramBertConfig
+from export.ngram_bert import HashedNgramEmbedding, NgramBertConfig
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer, read_vocab_file, resolve_pretrained, vocab_tokens
 
@@ -43,6 +44,10 @@ class EncoderSpec:
         ngram_size: Width of the n-gram table (projected to ``hidden_size`` when smaller); defaults to
             ``hidden_size``.
         ngram_dropout: Probability of dropping a position's n-gram vector in training (regularizes the table).
+        ngram_vocabulary: When positive, the n-gram table holds the ``ngram_vocabulary`` most frequent bigrams of
+            the training texts (counted when training starts), a row each, and one row for every other bigram,
+            instead of ``ngram_buckets`` hash buckets: no frequent bigram shares its row (needs ``ngram_orders:
+            [2]``). 0: hashing.
         pooling: What the classifier's pooler summarizes: ``cls`` (BERT's [CLS] token) or ``mean`` (the mean of the
             real tokens' last hidden states; better for small models on little data). ``mean`` needs n-grams on.
         ngram_bag: Also give the classifier the mean of the text's n-gram vectors (a fastText-like bag of n-grams
@@ -61,6 +66,7 @@ class EncoderSpec:
     ngram_buckets: int = 20000
     ngram_size: int | None = None
     ngram_dropout: float = 0.0
+    ngram_vocabulary: int = 0
     pooling: Literal["cls", "mean"] = "cls"
     ngram_bag: bool = False
 
@@ -128,7 +134,8 @@ def encoder_config(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dro
         try:
             return NgramBertConfig(ngram_orders=list(spec.ngram_orders), ngram_buckets=spec.ngram_buckets,
                                    ngram_size=spec.ngram_size, ngram_dropout=spec.ngram_dropout,
-                                   pooling=spec.pooling, ngram_bag=spec.ngram_bag, **common)
+                                   ngram_vocabulary=spec.ngram_vocabulary, pooling=spec.pooling,
+                                   ngram_bag=spec.ngram_bag, **common)
         except ValueError as err:
             raise PocketbertError(f"architecture: {err}") from None
     if spec.pooling != "cls" or spec.ngram_bag:
@@ -231,3 +238,21 @@ def check_same_vocabulary(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -
         raise PocketbertError(f"the pretrained model {model_dir} was trained with another vocabulary ({len(theirs)} "
                               f"tokens) than the data tokenizer ({len(ours)} tokens; first difference at id {differs})"
                               f"; set data.init_args.tokenizer to {model_dir} or pretrain with the data's tokenizer")
+
+
+def fill_ngram_vocabulary(model: PreTrainedModel, datamodule: Any) -> None:
+    """Count the training texts' bigrams into a model built with ``ngram_vocabulary`` that has none yet (a model
+    from an architecture; a pretrained one keeps the vocabulary it was pretrained with). Call it before pruning the
+    token vocabulary: the datamodule's ids are the model's own."""
+    ngram = getattr(getattr(model.base_model, "embeddings", None), "ngram", None)
+    if not isinstance(ngram, HashedNgramEmbedding) or not ngram.needs_vocabulary:
+        return
+    datasets = getattr(datamodule, "datasets", None) or {}
+    tokens = getattr(datasets.get("train"), "tokens", None)
+    if tokens is None:
+        raise PocketbertError("architecture.ngram_vocabulary counts the training texts' bigrams when training starts; "
+                              "train with a NewsDataModule or PretrainingDataModule (or set ngram_vocabulary: 0)")
+    counts = ngram.fill_bigram_vocabulary(tokens.ids, tokens.offsets)
+    rank_zero_info(f"bigram vocabulary: the {counts['kept']:,} most frequent of {counts['distinct_bigrams']:,} "
+                   f"distinct bigrams in the training texts get a row each ({counts['coverage']:.0%} of bigram "
+                   "occurrences); the others share one")

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from export.assets import write_vocab
 from export.files import atomic_path, write_json
-from lightning_modules.encoders import EncoderSpec, build_masked_lm
+from lightning_modules.encoders import EncoderSpec, build_masked_lm, fill_ngram_vocabulary
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer, resolve_pretrained, vocab_tokens
 from lightning_modules.training import adamw_with_linear_warmup, check_training_args, raise_if_not_finite
@@ -147,6 +147,11 @@ class MaskedLMPretraining(L.LightningModule):
         return loss, (logits.argmax(dim=-1) == targets).sum(), int(targets.numel())
 
     # ---- steps ---------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            fill_ngram_vocabulary(self.model, getattr(self.trainer, "datamodule", None))
+
     @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _, count = self.masked_lm_loss(batch)

@@ -158,3 +158,68 @@ def test_onnx_files_store_each_constant_once(headlines: list[str], tokenizer: ob
     reference = predict_all(hf_predictor(classifier), examples)
     fp32 = parity(reference, predict_all(onnx_predictor(onnx_session(tmp_path / "model.onnx")), examples))
     assert fp32["max_abs_logit_diff"] < 1e-4 and fp32["agreement"] == 1.0
+
+
+def vocabulary_model(tokenizer: object, headlines: list[str],
+                     kept: int = 400) -> tuple[torch.nn.Module, list[list[int]]]:
+    torch.manual_seed(0)
+    spec = tiny_spec("ngram32")
+    spec.ngram_vocabulary, spec.ngram_size, spec.pooling, spec.ngram_bag = kept, 16, "mean", True
+    classifier = build_from_spec(spec, vocab_size=21128, pad_token_id=0, label_names=LABELS, dropout=0.1).eval()
+    rows = tokenizer(headlines, truncation=True, max_length=64)["input_ids"]  # type: ignore[operator]
+    offsets = torch.tensor([0] + [len(row) for row in rows]).cumsum(0)
+    classifier.base_model.embeddings.ngram.fill_bigram_vocabulary(torch.tensor([i for row in rows for i in row]),
+                                                                  offsets)
+    return classifier, rows
+
+
+def test_bigram_vocabulary_gives_each_frequent_bigram_its_own_row(headlines: list[str], tokenizer: object,
+                                                                   tmp_path: Path) -> None:
+    classifier, rows = vocabulary_model(tokenizer, headlines)
+    ngram = classifier.base_model.embeddings.ngram
+    counts: dict[tuple[int, int], int] = {}
+    for row in rows:
+        for left, right in zip([ngram.fill_id, *row[:-1]], row, strict=True):
+            counts[(left, right)] = counts.get((left, right), 0) + 1
+    ranked = sorted(counts, key=lambda pair: (-counts[pair], pair[0] * ngram.key_base + pair[1]))
+    slots = ngram.vocabulary_keys.shape[0]
+    frequent = torch.tensor(ranked[:400])
+    found = ngram.vocabulary_rows(frequent[:, 0], frequent[:, 1])
+    # a tiny table fills its last slots poorly: up to 1% may be dropped (THUCNews-10, 20,000 and 40,000: none)
+    assert int((found < slots).sum()) >= 396
+    assert len(set(found[found < slots].tolist())) == int((found < slots).sum())  # a row each
+    rare = torch.tensor(ranked[400:] + [pair for pair, row in zip(ranked[:400], found.tolist(), strict=True)
+                                         if row == slots])
+    assert bool((ngram.vocabulary_rows(rare[:, 0], rare[:, 1]) == slots).all())  # the rest share the last row
+    ids = torch.tensor([rows[0]])
+    first_row = ngram.bucket_ids(ids)[0, :, 0]
+    expected = ngram.vocabulary_rows(torch.tensor([ngram.fill_id, *rows[0][:-1]]), ids[0])
+    assert torch.equal(first_row, expected)
+    classifier.save_pretrained(str(tmp_path / "saved"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved")).eval()
+    assert torch.equal(reloaded.base_model.embeddings.ngram.vocabulary_keys, ngram.vocabulary_keys)
+    with torch.no_grad():
+        mask = torch.ones_like(ids)
+        assert torch.allclose(reloaded(input_ids=ids, attention_mask=mask).logits,
+                              classifier(input_ids=ids, attention_mask=mask).logits, atol=1e-6)
+
+
+def test_bigram_vocabulary_model_exports_with_parity(headlines: list[str], tokenizer: object, tmp_path: Path) -> None:
+    classifier, rows = vocabulary_model(tokenizer, headlines)
+    pruned = PrunedVocab.from_training_ids(tokenizer, torch.tensor([i for row in rows for i in row]))  # type: ignore[arg-type]
+    before = classifier(input_ids=torch.tensor([rows[3]]), attention_mask=torch.ones(1, len(rows[3]), dtype=torch.long))
+    pruned.prune_embeddings(classifier, report=False)
+    pruned_rows = pruned.tokenizer(headlines[:64], truncation=True, max_length=64)["input_ids"]
+    after = classifier(input_ids=torch.tensor([pruned_rows[3]]),
+                       attention_mask=torch.ones(1, len(pruned_rows[3]), dtype=torch.long))
+    assert torch.equal(before.logits, after.logits)  # pruning the tokens keeps every bigram's row
+    shipped = ShippedModel(classifier, LABELS, [], 64)
+    examples = EvalSet(pruned_rows, [0] * len(pruned_rows))
+    reference = predict_all(hf_predictor(classifier), examples)
+    export_onnx(shipped, tmp_path / "model.onnx")
+    fp32 = parity(reference, predict_all(onnx_predictor(onnx_session(tmp_path / "model.onnx")), examples))
+    assert fp32["max_abs_logit_diff"] < 1e-4 and fp32["agreement"] == 1.0
+    with coreml.scratch_space():
+        settings = coreml.CoreMLSettings(sequence_length=64, target="iOS17", compute_units="ALL", precision="float32")
+        _, program = coreml.convert(shipped, settings, metadata={})
+    assert coreml.graph_parity(program, shipped, examples, 64, 8)["max_abs_logit_diff"] < 1e-4
