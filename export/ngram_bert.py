@@ -230,8 +230,8 @@ class HashedNgramEmbedding(nn.Module):
         starts[offsets[:-1][offsets[:-1] < len(stable)].long()] = True
         left = torch.cat([torch.tensor([self.fill_id]), stable[:-1]]).masked_fill(starts, self.fill_id)
         keys, counts = torch.unique(left * self.key_base + stable, return_counts=True)
-        # most frequent first; ties by key, so the same texts always give the same vocabulary
-        order = sorted(range(len(keys)), key=lambda i: (-int(counts[i]), int(keys[i])))[: self.vocabulary]
+        # most frequent first; ties by key (unique sorts the keys; the sort is stable): same texts, same vocabulary
+        order = torch.argsort(counts, descending=True, stable=True)[: self.vocabulary]
         chosen = keys[order]
         placed, slots, shifts = perfect_hash(chosen // self.key_base, chosen % self.key_base, self.slot_multipliers,
                                              self.vocabulary_keys.shape[0], self.vocabulary_shifts.shape[0])
@@ -271,8 +271,9 @@ def perfect_hash(left: torch.Tensor, right: torch.Tensor, multipliers: list[int]
         by_group.setdefault(g, []).append(index)
     for g, members in sorted(by_group.items(), key=lambda item: (-len(item[1]), item[0])):
         while members:
-            shift, places = _first_free_shift(home[members], stride[members], taken, max_shift)
-            if shift is not None:
+            found = _first_free_shift(home[members], stride[members], taken, max_shift)
+            if found is not None:
+                shift, places = found
                 taken[places] = True
                 shifts[g] = shift
                 placed.append(torch.tensor(members))
@@ -285,7 +286,8 @@ def perfect_hash(left: torch.Tensor, right: torch.Tensor, multipliers: list[int]
 
 
 def _first_free_shift(home: torch.Tensor, stride: torch.Tensor, taken: torch.Tensor,
-                      max_shift: int, chunk: int = 64) -> tuple[int | None, torch.Tensor]:
+                      max_shift: int, chunk: int = 64) -> tuple[int, torch.Tensor] | None:
+    """The smallest shift putting every member on a free slot of its own, with those slots; None when none does."""
     slots = taken.shape[0]
     for start in range(0, max_shift, chunk):
         shifts = torch.arange(start, min(start + chunk, max_shift)).unsqueeze(1)  # (shifts, 1)
@@ -297,7 +299,7 @@ def _first_free_shift(home: torch.Tensor, stride: torch.Tensor, taken: torch.Ten
         if len(found):
             row = int(found[0])
             return start + row, places[row]
-    return None, home
+    return None
 
 
 class NgramBertEmbeddings(BertEmbeddings):
