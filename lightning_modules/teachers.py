@@ -262,8 +262,10 @@ def teacher_summary(report: dict[str, Any]) -> str:
 
 
 def _accuracies(logits: dict[str, torch.Tensor], data: TeacherData) -> dict[str, float]:
+    """Accuracy of the logits on every labelled split; ``train_acc`` is what the student learns from: out of fold for
+    a cross-fitted teacher (more folds, closer to the whole-split model), in-sample for a checkpoint."""
     return {f"{split}_acc": float((logits[split].argmax(-1) == data.labels[split]).float().mean())
-            for split in ("val", "test") if split in logits and split in data.labels}
+            for split in SPLITS if split in logits and split in data.labels}
 
 
 def _digest(parts: Any) -> str:
