@@ -118,23 +118,24 @@ def test_tfidf_teacher_is_cached_by_its_settings_and_the_data(news16: NewsDataMo
     assert len(list(tmp_path.glob("teacher-logits-*.pt"))) == 2
 
 
-def whole_split_data(news16: NewsDataModule, cache_dir: Path) -> TeacherData:
-    """What teachers see of the whole news16 split (every text and label), cached under ``cache_dir``."""
+@pytest.fixture(scope="module")
+def whole_split(news16: NewsDataModule, tmp_path_factory: pytest.TempPathFactory) -> TeacherData:
+    """What teachers see of the whole news16 split (every text and label); one logit cache for the module's tests,
+    so a teacher two tests use (the 5-fold SVM) is fitted once."""
     return TeacherData(texts=dict(news16.texts), labels={s: news16.datasets[s].labels for s in news16.texts},
-                       label_names=NEWS16, cache_dir=cache_dir, device=torch.device("cpu"))
+                       label_names=NEWS16, cache_dir=tmp_path_factory.mktemp("teacher-cache"),
+                       device=torch.device("cpu"))
 
 
-def test_teacher_report_gives_the_out_of_fold_training_accuracy(news16: NewsDataModule, tmp_path: Path) -> None:
-    data = whole_split_data(news16, tmp_path)
-    five, twenty = (ensemble_targets([TfidfTeacher(folds=k)], data).report["teachers"][0] for k in (5, 20))
+def test_teacher_report_gives_the_out_of_fold_training_accuracy(whole_split: TeacherData) -> None:
+    five, twenty = (ensemble_targets([TfidfTeacher(folds=k)], whole_split).report["teachers"][0] for k in (5, 20))
     # out of fold, the training rows score like held-out rows (the whole-split SVM fits them almost perfectly), and
     # more folds train each fold model on more rows: measured 0.7697 (5 folds) and 0.7748 (20) on this split
     assert twenty["val_acc"] == five["val_acc"] and 0.76 < five["train_acc"] < twenty["train_acc"] - 0.003 < 0.79
 
 
-def test_naive_bayes_beside_the_svm_makes_a_better_teacher_than_either(news16: NewsDataModule, tmp_path: Path) -> None:
-    data = whole_split_data(news16, tmp_path)
-    report = ensemble_targets([TfidfTeacher(), NaiveBayesTeacher()], data).report
+def test_naive_bayes_beside_the_svm_makes_a_better_teacher_than_either(whole_split: TeacherData) -> None:
+    report = ensemble_targets([TfidfTeacher(), NaiveBayesTeacher()], whole_split).report
     svm, bayes = (member["test_acc"] for member in report["teachers"])
     # measured on this split: SVM 0.774, ComplementNB char 1-3-grams 0.744, the calibrated pair 0.783
     assert svm == pytest.approx(0.774, abs=0.003) and 0.72 < bayes < svm
