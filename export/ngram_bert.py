@@ -95,6 +95,9 @@ class NgramBertConfig(BertConfig):
             num_attention_heads`` values); all heads when None.
         layer_intermediate_sizes: FFN neurons kept per layer after structured pruning; ``intermediate_size`` when
             None.
+        linear_companion: Append a linear model's class scores (:class:`LinearCompanion`: TF-IDF over the text's
+            tokens and n-gram rows) to the pooled features; the classifier weighs them with its last ``num_labels``
+            columns. Its tables are zeros until fitted after training.
     """
 
     model_type = MODEL_TYPE
@@ -104,8 +107,9 @@ class NgramBertConfig(BertConfig):
                  hash_vocab_size: int | None = None,
                  ngram_multipliers: list[int] | None = None, pooling: str = "cls", ngram_bag: bool = False,
                  layer_heads: list[int] | None = None, layer_intermediate_sizes: list[int] | None = None,
-                 **kwargs: Any) -> None:
+                 linear_companion: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.linear_companion = bool(linear_companion)
         self.layer_heads = [int(n) for n in layer_heads] if layer_heads is not None else None
         self.layer_intermediate_sizes = ([int(n) for n in layer_intermediate_sizes]
                                          if layer_intermediate_sizes is not None else None)
@@ -145,7 +149,8 @@ class NgramBertConfig(BertConfig):
     @property
     def feature_size(self) -> int:
         """Width of the pooled features the classifier reads."""
-        return self.hidden_size + (self.ngram_size if self.ngram_bag else 0)
+        return (self.hidden_size + (self.ngram_size if self.ngram_bag else 0)
+                + (int(self.num_labels or 2) if self.linear_companion else 0))
 
 
 class HashedNgramEmbedding(nn.Module):
@@ -245,6 +250,40 @@ class HashedNgramEmbedding(nn.Module):
                 "coverage": float(kept_counts.sum() / counts.sum()) if len(keys) else 0.0}
 
 
+class LinearCompanion(nn.Module):
+    """A linear model over the text's tokens and n-gram rows, run beside the transformer: (batch, num_labels) scores.
+
+    Features are TF-IDF: each token id and each n-gram row (the rows :class:`HashedNgramEmbedding` looks up, so the
+    companion sees exactly the student's features) counts once per position, times its idf, and the text's vector is
+    divided by ``sqrt(sum over positions of idf^2)``. Column ``c < num_labels`` of the tables holds a class's fitted
+    weight times the idf (the division is linear, so it sums per position); the last column holds ``idf^2 /
+    idf_scale``, brought to the weights' range so that one int8 scale per table serves both; ``intercept`` is the SVM's
+    (the scores are its decision function). The tables are zeros
+    until ``lightning_modules.companion`` fits them (scikit-learn's LinearSVC on the training split) after the
+    transformer is trained, so a student trains without the companion and the classifier's columns for it stay zero.
+    """
+
+    def __init__(self, config: NgramBertConfig, ngram_rows: int) -> None:
+        super().__init__()
+        width = int(config.num_labels or 2) + 1
+        self.token_table = nn.Buffer(torch.zeros(config.vocab_size, width))
+        self.ngram_table = nn.Buffer(torch.zeros(ngram_rows, width))
+        self.idf_scale = nn.Buffer(torch.ones(1))
+        self.intercept = nn.Buffer(torch.zeros(width - 1))
+
+    def forward(self, input_ids: torch.Tensor, ngram_rows: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask (batch, seq); ngram_rows (batch, seq, orders) -> scores (batch, num_labels)."""
+        per_position = (nn.functional.embedding(input_ids.long(), self.token_table)
+                        + nn.functional.embedding(ngram_rows.long(), self.ngram_table).sum(dim=2))  # (b, s, L + 1)
+        totals = (per_position * attention_mask.unsqueeze(-1).to(per_position.dtype)).sum(dim=1)  # (b, L + 1)
+        norm = torch.sqrt((totals[:, -1:] * self.idf_scale).clamp(min=1e-6))  # (b, 1)
+        return totals[:, :-1] / norm + self.intercept
+
+    def keep_tokens(self, kept_ids: torch.Tensor) -> None:
+        """Follow a vocabulary pruning: new token ``j`` is old token ``kept_ids[j]``."""
+        self.token_table = nn.Buffer(self.token_table[kept_ids.to(self.token_table.device)].clone())
+
+
 def vocabulary_hashes(left: torch.Tensor, right: torch.Tensor, m: list[int], slots: int,
                       groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(home slot, group, stride in 1..slots-1) of bigrams of stable ids; every product stays in int32."""
@@ -336,6 +375,12 @@ def _init_ngram(module: nn.Module, config: BertConfig) -> None:
             if module.vocabulary:
                 module.vocabulary_keys.fill_(-1)
                 module.vocabulary_shifts.zero_()
+    elif isinstance(module, LinearCompanion):  # unfitted: no scores, so the student trains without it
+        with torch.no_grad():
+            module.token_table.zero_()
+            module.ngram_table.zero_()
+            module.idf_scale.fill_(1.0)
+            module.intercept.zero_()
 
 
 def masked_mean(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -385,6 +430,8 @@ class NgramBertModel(BertModel):
     def __init__(self, config: NgramBertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.embeddings = NgramBertEmbeddings(config)
+        ngram_rows = cast(HashedNgramEmbedding, self.embeddings.ngram).table.num_embeddings
+        self.companion = LinearCompanion(config, ngram_rows) if config.linear_companion and add_pooling_layer else None
         apply_layer_sizes(self.encoder.layer, config)
         self.post_init()
 
@@ -403,13 +450,17 @@ class NgramBertModel(BertModel):
             ngram = cast(HashedNgramEmbedding, self.embeddings.ngram)
             bag = masked_mean(ngram.table_vectors(input_ids), attention_mask)  # (batch, ngram_size)
             pooled = torch.cat([pooled, bag], dim=-1)
+        if self.companion is not None:
+            ngram = cast(HashedNgramEmbedding, self.embeddings.ngram)
+            scores = self.companion(input_ids, ngram.bucket_ids(input_ids), attention_mask)  # (batch, num_labels)
+            pooled = torch.cat([pooled, scores], dim=-1)
         return pooled
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if self.pooler is not None and input_ids is not None and (self.config.pooling != "cls"
-                                                                   or self.config.ngram_bag):
+        if self.pooler is not None and input_ids is not None and (self.config.pooling != "cls" or self.config.ngram_bag
+                                                                   or self.companion is not None):
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
             pooled = self.pooled_features(outputs[0], input_ids, mask)
             if isinstance(outputs, tuple):
@@ -428,13 +479,16 @@ class NgramBertForSequenceClassification(BertForSequenceClassification):
     def __init__(self, config: NgramBertConfig) -> None:
         super().__init__(config)
         self.bert = NgramBertModel(config)
-        # the pooled features may carry the n-gram bag
+        # the pooled features may carry the n-gram bag and the companion's scores
         self.classifier = nn.Linear(config.feature_size, config.num_labels or 2)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         _init_ngram(module, self.config)
+        if self.config.linear_companion and module is getattr(self, "classifier", None):
+            with torch.no_grad():  # the companion's columns: off until it is fitted (lightning_modules.companion)
+                cast(nn.Linear, module).weight[:, -int(self.config.num_labels or 2):].zero_()
 
 
 class NgramBertForMaskedLM(BertForMaskedLM):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from typing_extensions import override
 from export.files import write_json
 from lightning_modules import training
 from lightning_modules.batching import TextsData, padded_rows
+from lightning_modules.companion import attach_companion, describe, save_into_checkpoint
 from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier, fill_ngram_vocabulary
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
@@ -89,6 +91,9 @@ class DistillationModule(L.LightningModule):
         warmup_ratio: Fraction of the training steps spent warming the learning rate up linearly.
         teacher_batch_size: Batch size of the teacher when it computes the logit cache.
         trust_remote_code: Allow model code from the hub; off unless a recipe turns it on.
+        linear_companion: When training ends, fit a TF-IDF linear SVM over the student's own tokens and bigrams into
+            its graph (``export.ngram_bert.LinearCompanion``) and add its scores to the best checkpoint's logits with
+            the weight of the best validation accuracy (0 switches it off); needs an n-gram student.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class DistillationModule(L.LightningModule):
         dropout: float = 0.1, learning_rate: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
         teacher_batch_size: int = 128,
         trust_remote_code: bool = False,
+        linear_companion: bool = False,
     ) -> None:
         super().__init__()
         self.label_names = training.check_labels(label_names, num_labels)
@@ -133,7 +139,8 @@ class DistillationModule(L.LightningModule):
         with distillation_offline_hint():
             self.model: PreTrainedModel = build_classifier(source, tokenizer=self.data_tokenizer,
                                                            label_names=self.label_names, dropout=dropout,
-                                                           trust_remote_code=trust_remote_code)
+                                                           trust_remote_code=trust_remote_code,
+                                                           linear_companion=linear_companion)
         self.prune = pretrained is None if prune_vocab is None else prune_vocab
         if self.prune:
             check_prunable(self.data_tokenizer)
@@ -288,6 +295,35 @@ class DistillationModule(L.LightningModule):
         log_dir = self.trainer.log_dir
         if self.teacher_report is not None and self.trainer.is_global_zero and log_dir:
             write_json(Path(log_dir) / "teachers.json", self.teacher_report)
+
+    @override
+    def on_train_end(self) -> None:
+        if self.hparams.get("linear_companion") and not self.trainer.interrupted:
+            self._attach_companion()
+
+    def _attach_companion(self) -> None:
+        """Fit the linear companion into the best checkpoint's student (and that file), before the exports read it."""
+        datamodule = self._datamodule()
+        if datamodule is None or "val" not in datamodule.datasets:
+            raise PocketbertError("linear_companion fits on the training split and weighs on the validation split: "
+                                  "train with a NewsDataModule that has both")
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or ""
+        if best:
+            state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
+            self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                                        if k.startswith("model.")})
+        train, val = datamodule.datasets["train"], datamodule.datasets["val"]
+        val_tokens = self._pruned_eval_tokens("val") if self.pruned is not None else None  # in the pruned ids
+        report = attach_companion(self.model, train.tokens, train.labels,
+                                  val.tokens if val_tokens is None else val_tokens, val.labels,
+                                  pad_id=int(self.tokenizer.pad_token_id or 0),
+                                  remap_train=self.pruned.remap if self.pruned is not None else None)
+        rank_zero_info(describe(report))
+        if self.trainer.is_global_zero:
+            if best:
+                save_into_checkpoint(Path(best), self.model)
+            if self.trainer.log_dir:
+                write_json(Path(self.trainer.log_dir) / "companion.json", asdict(report))
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override

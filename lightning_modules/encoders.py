@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import (
@@ -82,27 +82,34 @@ PRESETS: dict[str, EncoderSpec] = {
 
 
 def build_from_spec(
-    spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, label_names: list[str], dropout: float
+    spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, label_names: list[str], dropout: float,
+    linear_companion: bool = False,
 ) -> PreTrainedModel:
     """A randomly initialized classifier of shape ``spec``."""
+    extra = {"linear_companion": True} if linear_companion else {}
     config = encoder_config(spec, vocab_size=vocab_size, pad_token_id=pad_token_id, dropout=dropout,
                             num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                            label2id={name: i for i, name in enumerate(label_names)})
+                            label2id={name: i for i, name in enumerate(label_names)}, **extra)
     return AutoModelForSequenceClassification.from_config(config)
 
 
 def build_classifier(
     source: str | EncoderSpec, *, tokenizer: PreTrainedTokenizerBase, label_names: list[str], dropout: float,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, linear_companion: bool = False,
 ) -> PreTrainedModel:
     """The classifier a LightningModule trains: ``source`` is a pretrained model (hub name or local directory,
     loaded with a fresh head and checked against ``tokenizer``) or an ``EncoderSpec`` built from scratch over
-    ``tokenizer``'s vocabulary."""
+    ``tokenizer``'s vocabulary. ``linear_companion`` adds an (unfitted) :class:`export.ngram_bert.LinearCompanion`."""
     if isinstance(source, EncoderSpec):
-        return build_from_spec(source, vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id or 0),
-                               label_names=label_names, dropout=dropout)
-    return load_pretrained(source, label_names=label_names, dropout=dropout, tokenizer=tokenizer,
-                           trust_remote_code=trust_remote_code)
+        model = build_from_spec(source, vocab_size=len(tokenizer), pad_token_id=int(tokenizer.pad_token_id or 0),
+                                label_names=label_names, dropout=dropout, linear_companion=linear_companion)
+    else:
+        model = load_pretrained(source, label_names=label_names, dropout=dropout, tokenizer=tokenizer,
+                                trust_remote_code=trust_remote_code, linear_companion=linear_companion)
+    if linear_companion and getattr(model.base_model, "companion", None) is None:
+        raise PocketbertError(f"linear_companion needs an n-gram student (model_type ngram_bert), got model_type "
+                              f"{model.config.model_type!r}: set architecture.ngram_orders, or linear_companion: false")
+    return model
 
 
 def build_masked_lm(spec: EncoderSpec, *, vocab_size: int, pad_token_id: int, dropout: float) -> PreTrainedModel:
@@ -154,7 +161,7 @@ SAMPLE_TEXTS = ["iPhone 15 Pro发布，售价7999元！", "Café Résumé naïve
 
 def load_pretrained(
     name_or_path: str, *, label_names: list[str], dropout: float, tokenizer: PreTrainedTokenizerBase | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, linear_companion: bool = False,
 ) -> PreTrainedModel:
     """``AutoModelForSequenceClassification.from_pretrained`` with a fresh head for ``label_names``.
 
@@ -179,6 +186,7 @@ def load_pretrained(
         hidden_dropout_prob=dropout,
         ignore_mismatched_sizes=True,  # the head: a new label count
         output_loading_info=True,
+        **cast(dict[str, Any], {"linear_companion": True} if linear_companion else {}),
     )
     prefix = f"{model.base_model_prefix}."
     encoder = sorted(key for key, *_ in info.get("mismatched_keys", ()) if key.startswith(prefix))

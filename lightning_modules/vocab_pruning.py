@@ -75,6 +75,9 @@ class PrunedVocab:
         ngram = getattr(getattr(model.base_model, "embeddings", None), "ngram", None)
         if ngram is not None:  # hashed n-grams follow the original ids, so their table rows stay valid
             ngram.keep_tokens(self.kept_ids)
+        companion = getattr(model.base_model, "companion", None)
+        if companion is not None:  # its token table is indexed by the model's ids
+            companion.keep_tokens(self.kept_ids)
         model.config.vocab_size = len(self.tokens)
         model.config.pad_token_id = new_pad
         after = sum(p.numel() for p in model.parameters())

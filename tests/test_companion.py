@@ -1,0 +1,193 @@
+"""The linear companion: its graph computes the fitted SVM exactly, it exports with parity, and it is weighed on
+validation (tiny models, real headlines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from sklearn.svm import LinearSVC
+
+from export import EvalSet
+from export.evaluation import hf_predictor, onnx_predictor, parity, predict_all
+from export.ngram_bert import LinearCompanion
+from export.onnx_export import onnx_session, quantize_onnx_int8
+from export.personalization import pooled_features
+from lightning_modules import DistillationModule, NewsDataModule, TfidfTeacher, load_exportable
+from lightning_modules.checkpoints import split_examples
+from lightning_modules.companion import (
+    attach_companion,
+    choose_weight,
+    feature_counts,
+    fit_companion,
+    save_into_checkpoint,
+    student_and_companion,
+    tfidf,
+)
+from lightning_modules.corpus import read_raw
+from lightning_modules.encoders import build_from_spec
+from lightning_modules.errors import PocketbertError
+from lightning_modules.hub import load_tokenizer
+from lightning_modules.token_cache import TokenizedTexts
+from lightning_modules.vocab_pruning import PrunedVocab
+from tests.conftest import NEWS16
+from tests.helpers import cpu_trainer, tiny_spec
+from tests.test_ngram import assert_exports_match
+
+LABELS = ["car", "sports", "finance"]
+
+
+@pytest.fixture(scope="module")
+def rows(data_dir: Path, vocab_file: Path) -> tuple[list[list[int]], torch.Tensor]:
+    """600 real headlines of three classes, tokenized, with their labels."""
+    tokenizer = load_tokenizer(vocab_file)
+    picked = [row for row in read_raw(data_dir / "nlpcc2017" / "headlines.char.tsv", "nlpcc_char")
+              if row.label in LABELS]
+    picked = [row for label in LABELS for row in [r for r in picked if r.label == label][:200]]
+    ids = tokenizer([row.text.replace(" ", "") for row in picked], truncation=True, max_length=64)["input_ids"]
+    return ids, torch.tensor([LABELS.index(row.label) for row in picked])
+
+
+def packed(rows: list[list[int]]) -> TokenizedTexts:
+    offsets = torch.tensor([0] + [len(row) for row in rows]).cumsum(0)
+    return TokenizedTexts(torch.tensor([i for row in rows for i in row], dtype=torch.int32), offsets, False)
+
+
+def student(rows: list[list[int]]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    spec = tiny_spec("ngram32")
+    spec.ngram_vocabulary, spec.ngram_size, spec.pooling, spec.ngram_bag = 800, 16, "mean", True
+    model = build_from_spec(spec, vocab_size=21128, pad_token_id=0, label_names=LABELS, dropout=0.1,
+                            linear_companion=True).eval()
+    tokens = packed(rows)
+    model.base_model.embeddings.ngram.fill_bigram_vocabulary(tokens.ids, tokens.offsets)
+    return model
+
+
+def split(rows: list[list[int]], labels: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Every other headline to train, the rest to validate."""
+    return list(range(0, len(rows), 2)), list(range(1, len(rows), 2))
+
+
+def test_an_unfitted_companion_leaves_the_student_unchanged(rows: tuple[list[list[int]], torch.Tensor]) -> None:
+    ids, _ = rows
+    model = student(ids)
+    assert isinstance(model.base_model.companion, LinearCompanion)
+    assert model.classifier.in_features == model.config.hidden_size + 16 + len(LABELS)
+    assert float(model.classifier.weight[:, -len(LABELS):].detach().abs().sum()) == 0.0
+    logits, scores = student_and_companion(model, packed(ids[:8]), pad_id=0)
+    assert float(scores.abs().max()) == 0.0
+    direct = torch.cat([model(input_ids=torch.tensor([row])).logits for row in ids[:8]])  # unpadded, one by one
+    assert torch.allclose(logits, direct, atol=1e-4)
+
+
+def test_the_graph_computes_the_fitted_svm(rows: tuple[list[list[int]], torch.Tensor]) -> None:
+    ids, labels = rows
+    train, val = split(ids, labels)
+    model = student(ids)
+    train_counts = feature_counts(model, packed([ids[i] for i in train]))
+    # every real position counts its token and its bigram row: 2 features per token
+    assert train_counts.sum() == 2 * sum(len(ids[i]) for i in train)
+    fit_companion(model, train_counts, labels[train].numpy())
+    val_tokens = packed([ids[i] for i in val])
+    _, scores = student_and_companion(model, val_tokens, pad_id=0)
+    # scikit-learn, independently: the same features and C, its decision function
+    n = train_counts.shape[0]
+    idf = np.log((1 + n) / (1 + np.asarray((train_counts > 0).sum(axis=0)).ravel())) + 1.0
+    svm = LinearSVC(C=0.5).fit(tfidf(train_counts, idf), labels[train].numpy())
+    expected = svm.decision_function(tfidf(feature_counts(model, val_tokens), idf))
+    assert np.abs(scores.numpy() - expected).max() < 1e-4
+    accuracy = float((scores.numpy().argmax(1) == labels[val].numpy()).mean())
+    assert accuracy > 0.8  # three news classes from 300 headlines: a linear model separates them well
+
+
+def test_attached_companion_is_weighed_on_validation_and_saved(rows: tuple[list[list[int]], torch.Tensor],
+                                                                tmp_path: Path) -> None:
+    ids, labels = rows
+    train, val = split(ids, labels)
+    model = student(ids)  # an untrained transformer: chance level, so the companion must take over
+    report = attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
+                              labels[val], pad_id=0)
+    assert report.student_accuracy < 0.5 < 0.8 < report.companion_accuracy
+    assert report.weight > 0 and report.combined_accuracy >= report.companion_accuracy - 0.02
+    logits = model(input_ids=torch.tensor([ids[v] for v in val[:1]])).logits
+    assert int(logits.argmax()) in range(len(LABELS))
+    with pytest.raises(PocketbertError, match="fitted already"):
+        attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
+                         labels[val], pad_id=0)
+    # the best checkpoint gets the fitted weights in place
+    path = tmp_path / "best.ckpt"
+    fresh = student(ids)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in fresh.state_dict().items()}, "epoch": 3}, path)
+    save_into_checkpoint(path, model)
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 3
+    assert torch.equal(saved["state_dict"]["model.classifier.weight"], model.classifier.weight)
+    assert torch.equal(saved["state_dict"]["model.bert.companion.ngram_table"], model.base_model.companion.ngram_table)
+
+
+def test_weight_zero_when_the_companion_only_adds_noise() -> None:
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (400,))
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 4  # a perfect, confident student
+    noise = torch.randn(400, 3) * 3
+    assert choose_weight(logits, noise, labels) == 0.0
+    assert choose_weight(torch.zeros(400, 3), logits, labels) > 0
+
+
+def test_companion_exports_with_parity_and_follows_pruning(rows: tuple[list[list[int]], torch.Tensor],
+                                                           vocab_file: Path, tmp_path: Path) -> None:
+    ids, labels = rows
+    train, val = split(ids, labels)
+    model = student(ids)
+    attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
+                     labels[val], pad_id=0)
+    before = model(input_ids=torch.tensor([ids[1]])).logits
+    pruned = PrunedVocab.from_training_ids(load_tokenizer(vocab_file), packed(ids).ids)
+    pruned.prune_embeddings(model, report=False)
+    assert model.base_model.companion.token_table.shape[0] == len(pruned.tokens)
+    after = model(input_ids=pruned.remap(torch.tensor([ids[1]]))).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    exported_rows = [pruned.remap(torch.tensor(row)).tolist() for row in ids[1:80:2]]
+    assert_exports_match(model, exported_rows, tmp_path, int8=False)  # ONNX fp32 and the Core ML graph
+    # int8 tables: the companion's weight multiplies their rounding, so the bound is looser than the transformer's
+    examples = EvalSet(exported_rows, [0] * len(exported_rows))
+    quantize_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    quantized = parity(predict_all(hf_predictor(model), examples),
+                       predict_all(onnx_predictor(onnx_session(tmp_path / "model.int8.onnx")), examples))
+    assert quantized["agreement"] >= 0.97 and quantized["max_abs_logit_diff"] < 0.15
+
+
+def test_distillation_fits_the_companion_into_its_best_checkpoint(tmp_path: Path) -> None:
+    """The module's own path: a pruned n-gram student, the companion fitted at train end on the remapped training ids
+    and the re-tokenized validation texts, the best checkpoint rewritten, and ``companion.json`` written."""
+    L.seed_everything(0)
+    dm = NewsDataModule(train_file="nlpcc2017/headlines.char.tsv", labels=NEWS16[:4], limit_per_class=150,
+                        batch_size=32, cache_dir=tmp_path / "cache")
+    spec = tiny_spec("ngram32")
+    spec.ngram_vocabulary, spec.ngram_size, spec.pooling, spec.ngram_bag = 600, 16, "mean", True
+    module = DistillationModule(teachers=[TfidfTeacher(folds=3)], label_names=dm.label_names,
+                                tokenizer=dm.tokenizer_path, architecture=spec, learning_rate=1e-4,
+                                linear_companion=True)
+    trainer = cpu_trainer(max_epochs=1, default_root_dir=tmp_path, enable_checkpointing=True,
+                          logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert module.pruned is not None  # the companion's token table follows the pruned vocabulary
+    report = json.loads((Path(trainer.log_dir or "") / "companion.json").read_text())
+    # one epoch at a tiny learning rate: the transformer is near chance, the companion must carry the sum
+    assert report["companion_accuracy"] > 0.7 > report["student_accuracy"] and report["weight"] > 0
+    best = Path(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
+    exportable = load_exportable(best)
+    num_labels = len(dm.label_names)
+    assert torch.equal(exportable.model.classifier.weight[:, -num_labels:],
+                       report["weight"] * torch.eye(num_labels))
+    # the shipped model (checkpoint, pruned vocabulary, no training code) reproduces the fitted validation accuracy
+    val = split_examples(dm, "val", exportable)
+    logits = pooled_features(exportable.model, val) @ exportable.model.classifier.weight.detach().numpy().T
+    logits += exportable.model.classifier.bias.detach().numpy()
+    accuracy = float((logits.argmax(1) == np.asarray(val.labels)).mean())
+    assert accuracy == pytest.approx(report["combined_accuracy"], abs=1e-6)
