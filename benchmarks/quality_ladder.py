@@ -11,7 +11,9 @@ benchmark measures what ships), tested on the same test split; seeds change the 
 5. + a bigram vocabulary instead of hash buckets (the pretraining recipe's ``ngram_vocabulary``);
 6. + the cross-fitted linear teacher (``<data>_distill_cpu.yaml`` from scratch, the pretraining recipe's shape);
 7. + masked-LM pretraining (``<data>_pretrain_cpu.yaml`` then ``<data>_distill_cpu.yaml``: the shipped pipeline), with
-   its exported ONNX INT8 file's accuracy.
+   its exported ONNX INT8 file's accuracy;
+8. when the distillation recipe turns ``linear_companion`` on, rung 7 runs without it and this rung is the shipped
+   pipeline: + the linear companion (an NB-SVM in the student's graph).
 
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_ladder.py --data news16 --seeds 42 --final-seeds 43
 
@@ -111,8 +113,10 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
     shipped_classifier = without_exports(classifier)
     vocabulary = architecture(classifier, ngram_vocabulary=pretrain["model"]["init_args"]["architecture"]
                               .get("ngram_vocabulary", 0))
+    companion = bool(student["model"]["init_args"].get("linear_companion", False))
     distilled = without_exports(student)
     distilled["model"]["init_args"].pop("pretrained")
+    distilled["model"]["init_args"]["linear_companion"] = False  # a rung of its own, after pretraining
     distilled["model"]["init_args"]["architecture"] = pretrain["model"]["init_args"]["architecture"]
     teachers = " + ".join(t["class_path"].rsplit(".", 1)[-1] for t in student["model"]["init_args"]["teachers"])
     rungs = [("transformer from scratch, cross-entropy", "scratch", scratch),
@@ -125,17 +129,25 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
         rung_seeds = seeds + final_seeds if name == "teacher" else seeds
         accuracies = [test_accuracy(run(config, f"{data}_{name}", seed, out)) for seed in rung_seeds]
         rows.append({"rung": title, "accuracy": accuracies, "seeds": rung_seeds})
-    print("+ masked-LM pretraining (the shipped pipeline):", flush=True)
-    shipped, int8 = [], []
+    print("+ masked-LM pretraining" + (", then the linear companion" if companion else "") + " (the shipped pipeline):",
+          flush=True)
+    pretrained, shipped, int8 = [], [], []
     for seed in seeds + final_seeds:
         encoder = run(pretrain, f"{data}_pretrain", seed, out) / "pretrained"
         config = copy.deepcopy(student)
         config["model"]["init_args"]["pretrained"] = str(encoder)
+        if companion:
+            plain = without_exports(config)
+            plain["model"]["init_args"]["linear_companion"] = False
+            pretrained.append(test_accuracy(run(plain, f"{data}_pretrained", seed, out)))
         run_dir = run(config, f"{data}_shipped", seed, out)
         shipped.append(test_accuracy(run_dir))
         benchmark = json.loads((run_dir / "export" / "benchmark.json").read_text())
         int8.append(next(row["accuracy"] for row in benchmark["variants"] if row["variant"] == "onnx_int8"))
-    rows.append({"rung": "+ masked-LM pretraining (shipped recipes), PyTorch", "accuracy": shipped,
+    if companion:
+        rows.append({"rung": "+ masked-LM pretraining", "accuracy": pretrained, "seeds": seeds + final_seeds})
+    rows.append({"rung": "+ the linear companion (shipped recipes), PyTorch" if companion
+                 else "+ masked-LM pretraining (shipped recipes), PyTorch", "accuracy": shipped,
                  "seeds": seeds + final_seeds})
     rows.append({"rung": "  the shipped ONNX INT8 file", "accuracy": int8, "seeds": seeds + final_seeds})
     for row in rows:

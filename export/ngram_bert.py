@@ -257,9 +257,9 @@ class LinearCompanion(nn.Module):
     companion sees exactly the student's features) counts once per position, times its idf, and the text's vector is
     divided by ``sqrt(sum over positions of idf^2)``. Column ``c < num_labels`` of the tables holds a class's fitted
     weight times the idf (the division is linear, so it sums per position); the last column holds ``idf^2 /
-    idf_scale``, brought to the weights' range so that one int8 scale per table serves both; ``intercept`` is the SVM's
-    (the scores are its decision function). The tables are zeros
-    until ``lightning_modules.companion`` fits them (scikit-learn's LinearSVC on the training split) after the
+    idf_scale``, brought to the weights' range so that one int8 scale per table serves both; ``intercept`` is the linear
+    model's (the scores are its decision function). The tables are zeros
+    until ``lightning_modules.companion`` fits them (an NB-SVM on the training split) after the
     transformer is trained, so a student trains without the companion and the classifier's columns for it stay zero.
     """
 

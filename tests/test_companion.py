@@ -1,4 +1,4 @@
-"""The linear companion: its graph computes the fitted SVM exactly, it exports with parity, and it is weighed on
+"""The linear companion: its graph computes the fitted NB-SVM exactly, it exports with parity, and it is weighed on
 validation (tiny models, real headlines)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 from sklearn.svm import LinearSVC
 
 from export import EvalSet
@@ -23,10 +24,11 @@ from lightning_modules.companion import (
     attach_companion,
     choose_weight,
     feature_counts,
-    fit_companion,
+    fit_nbsvm,
     save_into_checkpoint,
     student_and_companion,
     tfidf,
+    write_companion,
 )
 from lightning_modules.corpus import read_raw
 from lightning_modules.encoders import build_from_spec
@@ -85,22 +87,30 @@ def test_an_unfitted_companion_leaves_the_student_unchanged(rows: tuple[list[lis
     assert torch.allclose(logits, direct, atol=1e-4)
 
 
-def test_the_graph_computes_the_fitted_svm(rows: tuple[list[list[int]], torch.Tensor]) -> None:
+def test_the_graph_computes_the_fitted_nbsvm(rows: tuple[list[list[int]], torch.Tensor]) -> None:
     ids, labels = rows
     train, val = split(ids, labels)
     model = student(ids)
     train_counts = feature_counts(model, packed([ids[i] for i in train]))
     # every real position counts its token and its bigram row: 2 features per token
     assert train_counts.sum() == 2 * sum(len(ids[i]) for i in train)
-    fit_companion(model, train_counts, labels[train].numpy())
+    fit = fit_nbsvm(train_counts, labels[train].numpy(), len(LABELS), svm_c=0.2)
+    write_companion(model, fit)
     val_tokens = packed([ids[i] for i in val])
     _, scores = student_and_companion(model, val_tokens, pad_id=0)
-    # scikit-learn, independently: the same features and C, its decision function
-    n = train_counts.shape[0]
-    idf = np.log((1 + n) / (1 + np.asarray((train_counts > 0).sum(axis=0)).ravel())) + 1.0
-    svm = LinearSVC(C=0.5).fit(tfidf(train_counts, idf), labels[train].numpy())
-    expected = svm.decision_function(tfidf(feature_counts(model, val_tokens), idf))
-    assert np.abs(scores.numpy() - expected).max() < 1e-4
+    val_counts = feature_counts(model, val_tokens)
+    assert np.abs(scores.numpy() - fit.scores(val_counts)).max() < 1e-4  # the graph is the fitted model
+    # scikit-learn, independently: per class, the NB-scaled features themselves fed to LinearSVC
+    train_labels = labels[train].numpy()
+    idf = np.log((1 + len(train)) / (1 + np.asarray((train_counts > 0).sum(axis=0)).ravel())) + 1.0
+    for label in range(len(LABELS)):
+        mine = train_labels == label
+        p = np.asarray((train_counts[mine] > 0).sum(axis=0)).ravel() + 1.0
+        q = np.asarray((train_counts[~mine] > 0).sum(axis=0)).ravel() + 1.0
+        ratio = np.log((p / p.sum()) / (q / q.sum()))
+        svm = LinearSVC(C=0.2, random_state=0).fit(tfidf(train_counts, idf) @ sparse.diags(ratio), mine)
+        expected = svm.decision_function(tfidf(val_counts, idf) @ sparse.diags(ratio))
+        assert np.abs(scores.numpy()[:, label] - expected).max() < 1e-4
     accuracy = float((scores.numpy().argmax(1) == labels[val].numpy()).mean())
     assert accuracy > 0.8  # three news classes from 300 headlines: a linear model separates them well
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lightning_modules import DistillationModule, load_exportable
+from lightning_modules.companion import WEIGHT_GRID
 from lightning_modules.runs import resolve_run_path
 from recipes.__main__ import main
 from tests.conftest import NEWS16, REPO
@@ -61,6 +62,11 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     assert exportable.label_names == LABELS and len(exportable.vocab) < 5000  # pruned
     assert type(exportable.model).__name__ == "NgramBertForSequenceClassification"
     assert exportable.model.config.pooling == "mean" and exportable.model.config.ngram_bag  # from the pretraining
+    # the recipe's linear companion was fitted into the best checkpoint, the one that was exported
+    companion = json.loads((run / "companion.json").read_text())
+    assert companion["companion_accuracy"] > 0.8 and companion["weight"] in WEIGHT_GRID
+    assert float(exportable.model.classifier.weight[0, -len(LABELS)]) == pytest.approx(companion["weight"])
+    assert float(exportable.model.bert.companion.token_table.abs().sum()) > 0
     checkpoint = torch.load(best, weights_only=True)
     assert all(key.startswith("model.") for key in checkpoint["state_dict"])
     # the recipe's fit-end callbacks exported every artifact of the student, listed in the manifest
