@@ -320,11 +320,13 @@ class DistillationModule(L.LightningModule):
                                   pad_id=int(self.tokenizer.pad_token_id or 0),
                                   remap_train=self.pruned.remap if self.pruned is not None else None)
         rank_zero_info(describe(report))
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank reads it (see on_fit_start)
         if self.trainer.is_global_zero:
             if best:
                 save_into_checkpoint(Path(best), self.model)
-            if self.trainer.log_dir:
-                write_json(Path(self.trainer.log_dir) / "companion.json", asdict(report))
+            if log_dir:
+                write_json(Path(log_dir) / "companion.json", asdict(report))
+        self.trainer.strategy.barrier("linear_companion")  # other ranks test the rewritten checkpoint, not the old one
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override

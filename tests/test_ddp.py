@@ -92,7 +92,7 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
         "--model.init_args.architecture.num_heads", "2", "--model.init_args.architecture.intermediate_size", "128",
         # 2,000 bigram buckets, not the recipe's 20,000: on 280 training rows most rows of a 20k table are barely
         # trained, and the mean-pooled bag of bigrams stays noise (test accuracy 0.43-0.57 across runs)
-        "--model.init_args.architecture.ngram_buckets", "2000",
+        "--model.init_args.architecture.ngram_orders", "[2]", "--model.init_args.architecture.ngram_buckets", "2000",
         "--model.init_args.learning_rate", "3e-3", "--model.init_args.warmup_ratio", "0.1",
         # random batches: on 280 rows one length-sorted pool spans the whole epoch, and this tiny student then stays
         # at chance on one process too (0.25; 0.57 with random batches). Under DDP the training sampler used to be
@@ -105,6 +105,9 @@ def test_ddp_distillation_syncs_metrics_across_ranks(tiny_teacher: Path, tmp_pat
     assert metrics["test_acc"] == pytest.approx(single["test_acc"], abs=1e-6)
     assert metrics["test_macro_f1"] == pytest.approx(single["test_macro_f1"], abs=1e-6)
     assert metrics["test_acc"] > 0.5  # learned: chance is 0.25
+    # the recipe's linear companion was fitted once the ranks finished, and both ranks tested it (the equality above)
+    companion = json.loads((best.parents[1] / "companion.json").read_text())
+    assert companion["weight"] == pytest.approx(float(student.model.classifier.weight[0, -len(LABELS)]))
 
     # both ranks computed the teacher's logits and renamed them into place: one whole cache entry per split (train,
     # val, test), no temp file left
