@@ -24,11 +24,10 @@ from scipy import sparse
 from torch import nn
 from transformers import PreTrainedModel
 
-from export.files import atomic_path
 from export.ngram_bert import HashedNgramEmbedding, LinearCompanion
 from lightning_modules.batching import padded_rows
 from lightning_modules.errors import PocketbertError
-from lightning_modules.token_cache import TokenizedTexts
+from lightning_modules.token_cache import TokenizedTexts, atomic_torch_save
 
 # Weights tried for the companion's scores (the student's logits have weight 1); 0 turns it off.
 WEIGHT_GRID = (0.0, *np.geomspace(0.25, 64.0, 25).round(4).tolist())
@@ -226,7 +225,6 @@ def save_into_checkpoint(path: Path, model: PreTrainedModel, prefix: str = "mode
     """Replace ``model``'s weights in the Lightning checkpoint at ``path`` (atomically: never half-written)."""
     checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["state_dict"].update({prefix + key: value.detach().cpu() for key, value in model.state_dict().items()})
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    atomic_torch_save(checkpoint, path)
 
 
