@@ -313,20 +313,25 @@ class DistillationModule(L.LightningModule):
             state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                                         if k.startswith("model.")})
-        train, val = datamodule.datasets["train"], datamodule.datasets["val"]
-        val_tokens = self._pruned_eval_tokens("val") if self.pruned is not None else None  # in the pruned ids
-        report = attach_companion(self.model, train.tokens, train.labels,
-                                  val.tokens if val_tokens is None else val_tokens, val.labels,
-                                  pad_id=int(self.tokenizer.pad_token_id or 0),
-                                  remap_train=self.pruned.remap if self.pruned is not None else None)
-        rank_zero_info(describe(report))
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank reads it (see on_fit_start)
-        if self.trainer.is_global_zero:
+        fitted: dict[str, torch.Tensor] | None = None
+        if self.trainer.is_global_zero:  # one fit; the other ranks take its result below
+            train, val = datamodule.datasets["train"], datamodule.datasets["val"]
+            val_tokens = self._pruned_eval_tokens("val") if self.pruned is not None else None  # in the pruned ids
+            report = attach_companion(self.model, train.tokens, train.labels,
+                                      val.tokens if val_tokens is None else val_tokens, val.labels,
+                                      pad_id=int(self.tokenizer.pad_token_id or 0),
+                                      remap_train=self.pruned.remap if self.pruned is not None else None)
+            rank_zero_info(describe(report))
             if best:
                 save_into_checkpoint(Path(best), self.model)
             if log_dir:
                 write_json(Path(log_dir) / "companion.json", asdict(report))
-        self.trainer.strategy.barrier("linear_companion")  # other ranks test the rewritten checkpoint, not the old one
+            fitted = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
+        if self.trainer.world_size > 1:  # every rank tests rank 0's student + companion, not one of its own
+            fitted = self.trainer.strategy.broadcast(fitted, src=0)
+            if not self.trainer.is_global_zero and fitted is not None:
+                self.model.load_state_dict(fitted)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     @override

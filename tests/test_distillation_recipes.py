@@ -57,6 +57,7 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     assert metrics["test_acc"] > 0.5 and Path(metrics["best_checkpoint"]).resolve() == best.resolve()  # 3 classes
     teachers = json.loads((run / "teachers.json").read_text())
     assert teachers["teachers"][0]["teacher"].startswith("TF-IDF") and teachers["teachers"][0]["test_acc"] > 0.8
+    assert "ComplementNB" in teachers["teachers"][1]["teacher"] and teachers["ensemble"]["test_acc"] > 0.8  # the pair
     assert list(tmp_path.glob("cache/teacher-logits-*.pt"))  # the teacher ran once, into the cache
     exportable = load_exportable(best)
     assert exportable.label_names == LABELS and len(exportable.vocab) < 5000  # pruned
@@ -89,6 +90,7 @@ def test_pretrain_then_distill_recipes_end_to_end_on_a_real_slice(tmp_path: Path
     assert "news16_pretrain_cpu (pretraining: test_mlm_loss" in table
     assert f"| news16_distill_cpu onnx_int8 (shipped) | {rows['onnx_int8']['accuracy']:.4f} |" in table
     assert f"| linear baseline | {rows['baseline']['accuracy']:.4f} |" in table
+    assert f"| news16_distill_cpu's teacher ensemble (weighted) | {teachers['ensemble']['test_acc']:.4f} |" in table
     assert json.loads((tmp_path / "summary.json").read_text())["rows"]
 
 
