@@ -327,8 +327,9 @@ class DistillationModule(L.LightningModule):
                 save_into_checkpoint(Path(best), self.model)
             if log_dir:
                 write_json(Path(log_dir) / "companion.json", asdict(report))
-            fitted = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
         if self.trainer.world_size > 1:  # every rank tests rank 0's student + companion, not one of its own
+            if self.trainer.is_global_zero:  # a copy only when there are other ranks to send it to
+                fitted = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
             fitted = self.trainer.strategy.broadcast(fitted, src=0)
             if not self.trainer.is_global_zero and fitted is not None:
                 self.model.load_state_dict(fitted)
