@@ -128,7 +128,8 @@ def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) 
     assert student == {"model": "DistillationModule", "pretrained": "tb_logs/news16_pretrain_cpu/version_4/pretrained",
                        "learning_rate": 2e-3, "dropout": 0.1, "weight_decay": 0.01, "warmup_ratio": 0.06,
                        "alpha": 0.2, "temperature": 1.0, "batch_size": 64, "max_length": 128, "max_epochs": 10,
-                       "precision": "32-true", "seed": 42, "teacher": "TfidfTeacher(folds=5)", "prune_vocab": True}
+                       "precision": "32-true", "seed": 42, "prune_vocab": True,
+                       "teacher": "TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5)"}
     recipe["model"]["init_args"].pop("pretrained")
     recipe["model"]["init_args"]["preset"] = "mobilebert"
     recipe["model"]["init_args"]["teacher_checkpoint"] = "tb_logs/news16_cpu/latest/best.ckpt"
@@ -136,7 +137,8 @@ def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) 
     assert mobilebert["encoder"] == "mobilebert (embedding 128, bottleneck 128), preset mobilebert"
     assert (mobilebert["num_layers"], mobilebert["hidden_size"]) == (24, 512)
     assert not {"pooling", "ngram_orders", "ngram_buckets", "embedding_size"} & set(mobilebert)
-    assert mobilebert["teacher"] == "tb_logs/news16_cpu/latest/best.ckpt + TfidfTeacher(folds=5)"  # no pointer there
+    assert mobilebert["teacher"] == (  # no pointer there
+        "tb_logs/news16_cpu/latest/best.ckpt + TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5)")
     assert set(student) | set(mobilebert) <= set(VOCABULARY)
 
 
