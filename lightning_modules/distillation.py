@@ -309,7 +309,7 @@ class DistillationModule(L.LightningModule):
             raise PocketbertError("linear_companion fits on the training split and weighs on the validation split: "
                                   "train with a NewsDataModule that has both")
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or ""
-        if best:
+        if best and self.trainer.is_global_zero:  # the other ranks receive rank 0's student below
             state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                                         if k.startswith("model.")})
