@@ -1,5 +1,5 @@
-"""The linear companion: its graph computes the fitted NB-SVM exactly, it exports with parity, and it is weighed on
-validation (tiny models, real headlines)."""
+"""The linear companion: its graph computes the fitted SVM (or NB-SVM) + Naive Bayes sum exactly, it exports with
+parity, and it is weighed on validation (tiny models, real headlines)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import sparse
+from sklearn.naive_bayes import ComplementNB
 from sklearn.svm import LinearSVC
 
 from export import EvalSet
@@ -22,9 +23,11 @@ from lightning_modules import DistillationModule, NewsDataModule, TfidfTeacher, 
 from lightning_modules.checkpoints import split_examples
 from lightning_modules.companion import (
     attach_companion,
+    calibrated_sum,
     choose_weight,
     feature_counts,
-    fit_nbsvm,
+    fit_complement_nb,
+    fit_svm,
     save_into_checkpoint,
     student_and_companion,
     tfidf,
@@ -34,6 +37,7 @@ from lightning_modules.corpus import read_raw
 from lightning_modules.encoders import build_from_spec
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import load_tokenizer
+from lightning_modules.teachers import fit_temperature
 from lightning_modules.token_cache import TokenizedTexts
 from lightning_modules.vocab_pruning import PrunedVocab
 from tests.conftest import NEWS16
@@ -94,7 +98,7 @@ def test_the_graph_computes_the_fitted_nbsvm(rows: tuple[list[list[int]], torch.
     train_counts = feature_counts(model, packed([ids[i] for i in train]))
     # every real position counts its token and its bigram row: 2 features per token
     assert train_counts.sum() == 2 * sum(len(ids[i]) for i in train)
-    fit = fit_nbsvm(train_counts, labels[train].numpy(), len(LABELS), svm_c=0.2)
+    fit = fit_svm(train_counts, labels[train].numpy(), len(LABELS), svm_c=0.2, kind="nbsvm")
     write_companion(model, fit)
     val_tokens = packed([ids[i] for i in val])
     _, scores = student_and_companion(model, val_tokens, pad_id=0)
@@ -115,6 +119,34 @@ def test_the_graph_computes_the_fitted_nbsvm(rows: tuple[list[list[int]], torch.
     assert accuracy > 0.8  # three news classes from 300 headlines: a linear model separates them well
 
 
+def test_the_graph_computes_the_calibrated_svm_and_naive_bayes_sum(rows: tuple[list[list[int]], torch.Tensor]) -> None:
+    ids, labels = rows
+    train, val = split(ids, labels)
+    model = student(ids)
+    train_counts = feature_counts(model, packed([ids[i] for i in train]))
+    val_tokens = packed([ids[i] for i in val])
+    val_counts, val_labels = feature_counts(model, val_tokens), labels[val]
+    naive_bayes = fit_complement_nb(train_counts, labels[train].numpy(), len(LABELS))
+    # scikit-learn, independently: the same probabilities (the centred weights shift each text's scores by a constant)
+    idf = np.log((1 + len(train)) / (1 + np.asarray((train_counts > 0).sum(axis=0)).ravel())) + 1.0
+    reference = ComplementNB(alpha=0.3).fit(tfidf(train_counts, idf), labels[train].numpy())
+    probabilities = torch.softmax(torch.from_numpy(naive_bayes.scores(val_counts)), -1).numpy()
+    assert np.abs(probabilities - reference.predict_proba(tfidf(val_counts, idf))).max() < 1e-6
+    assert np.abs(naive_bayes.coef.sum(axis=0)).max() < 1e-9  # centred: the int8 table holds only the differences
+    svm = fit_svm(train_counts, labels[train].numpy(), len(LABELS), svm_c=0.5, kind="svm")
+    plain = LinearSVC(C=0.5, random_state=0).fit(tfidf(train_counts, idf), labels[train].numpy())
+    assert np.abs(svm.scores(val_counts) - plain.decision_function(tfidf(val_counts, idf))).max() < 1e-4
+    fit = calibrated_sum([svm, naive_bayes], val_counts, val_labels, svm_c=0.5)
+    scales = [fit_temperature(torch.from_numpy(member.scores(val_counts)), val_labels) for member in (svm, naive_bayes)]
+    assert min(scales) > 0.1 and scales[0] != pytest.approx(scales[1])
+    expected = scales[0] * svm.scores(val_counts) + scales[1] * naive_bayes.scores(val_counts)
+    assert np.abs(fit.scores(val_counts) - expected).max() < 1e-6
+    write_companion(model, fit)
+    _, scores = student_and_companion(model, val_tokens, pad_id=0)
+    assert np.abs(scores.numpy() - expected).max() < 1e-4  # one linear model in the same graph
+    assert float((scores.argmax(-1) == val_labels).float().mean()) > 0.8
+
+
 def test_attached_companion_is_weighed_on_validation_and_saved(rows: tuple[list[list[int]], torch.Tensor],
                                                                 tmp_path: Path) -> None:
     ids, labels = rows
@@ -123,6 +155,7 @@ def test_attached_companion_is_weighed_on_validation_and_saved(rows: tuple[list[
     report = attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
                               labels[val], pad_id=0)
     assert report.student_accuracy < 0.5 < 0.8 < report.companion_accuracy
+    assert report.svm_kind in ("svm", "nbsvm") and report.svm_c in (0.1, 0.2, 0.5)
     assert report.weight > 0 and report.combined_accuracy >= report.companion_accuracy - 0.02
     logits = model(input_ids=torch.tensor([ids[v] for v in val[:1]])).logits
     assert int(logits.argmax()) in range(len(LABELS))
