@@ -2,16 +2,17 @@
 
 On short headlines a linear model over character n-grams is hard to beat, and a small transformer distilled from it
 stays about a point behind while making partly different mistakes. ``export.ngram_bert.LinearCompanion`` puts such a
-model inside the student's graph (over the token ids and n-gram rows the student already computes, so apps feed the
-same WordPiece ids), and the classifier adds its scores times one weight. The linear model is fitted here on the
-training split once the transformer is trained: a ``LinearSVC`` on the TF-IDF features, plain or as an NB-SVM (Wang
-and Manning, 2012: per class, the features scaled by their Naive Bayes log-count ratio), plus a ``ComplementNB`` on
-the same features, each scaled by the temperature that calibrates it on validation. A sum of linear models is one
-linear model, so the graph and its size do not change. The NB-SVM wins on large corpora (news16: the pair scores 0.781
-over the student's features), the plain SVM on small ones (NB ratios from a few hundred texts a class are noise), and
-the Naive Bayes member adds 0.3-1.8 points to either below 20,000 texts: measured in docs/quality.md. The SVM's kind,
-its ``C`` and the weight are chosen together by the best validation accuracy of the sum; weight 0 is on the grid, so a
-companion that does not help is switched off. No test text is read.
+model inside the student's graph (over the token ids and n-gram rows the student already computes, so apps feed the same
+WordPiece ids), and the classifier adds its scores times one weight. The linear model is fitted here on the training
+split once the transformer is trained: a ``LinearSVC`` on the TF-IDF features, plain or as an NB-SVM (Wang and Manning,
+2012: per class, the features scaled by their Naive Bayes log-count ratio), alone or plus a ``ComplementNB`` on the same
+features, each scaled by the temperature that calibrates it on validation. A sum of linear models is one linear model,
+so the graph and its size do not change. The NB-SVM wins on large corpora (news16: the pair scores 0.781 over the
+student's features), the plain SVM on small ones (NB ratios from a few hundred texts a class are noise), and the Naive
+Bayes member adds 0.3-1.8 points to either below 20,000 texts (measured in docs/quality.md) but can hurt (3 classes of
+60 headlines: it scores 0.48 on validation, the NB-SVM 0.81). The SVM's kind, its ``C``, whether the Naive Bayes member
+joins and the weight are chosen together by the best validation accuracy of the student plus the companion; weight 0 is
+on the grid, so a companion that does not help is switched off. No test text is read.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CompanionReport:
     combined_accuracy: float  # the shipped sum
     svm_c: float
     svm_kind: str  # "svm" or "nbsvm"
+    naive_bayes: bool  # whether the ComplementNB member is in the sum
 
 
 def companion_of(model: PreTrainedModel) -> tuple[LinearCompanion, HashedNgramEmbedding]:
@@ -226,8 +228,8 @@ def set_companion_weight(model: PreTrainedModel, weight: float) -> None:
 def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels: torch.Tensor, val: TokenizedTexts,
                      val_labels: torch.Tensor, *, pad_id: int, remap_train: Callable[[torch.Tensor], torch.Tensor]
                      | None = None, svm_cs: tuple[float, ...] = SVM_C_GRID) -> CompanionReport:
-    """Fit the companion on ``train``, and its SVM's kind and ``C`` and its weight on ``val`` (both in the model's ids
-    after ``remap_train``), into ``model`` (a trained student whose companion is still unfitted)."""
+    """Fit the companion on ``train``, and its SVM's kind and ``C``, its members and its weight on ``val`` (both in the
+    model's ids after ``remap_train``), into ``model`` (a trained student whose companion is still unfitted)."""
     classifier = cast(nn.Linear, model.classifier)
     num_labels = classifier.out_features
     if classifier.weight[:, -num_labels:].abs().sum() > 0:
@@ -244,11 +246,12 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
     for kind in SVM_KINDS:
         for svm_c in svm_cs:
             svm = fit_svm(train_counts, train_y, num_labels, svm_c, kind)
-            fit = calibrated_sum([svm, naive_bayes], val_counts, labels, svm_c)
-            scores = torch.from_numpy(fit.scores(val_counts)).float()
-            weight = choose_weight(logits, scores, labels)
-            candidates.append((rank(logits, scores, labels, weight), fit, scores, weight, kind))
-    _, fit, scores, weight, kind = min(candidates, key=lambda candidate: candidate[0])
+            for with_naive_bayes in (True, False):
+                fit = calibrated_sum([svm, naive_bayes] if with_naive_bayes else [svm], val_counts, labels, svm_c)
+                scores = torch.from_numpy(fit.scores(val_counts)).float()
+                weight = choose_weight(logits, scores, labels)
+                candidates.append((rank(logits, scores, labels, weight), fit, scores, weight, kind, with_naive_bayes))
+    _, fit, scores, weight, kind, with_naive_bayes = min(candidates, key=lambda candidate: candidate[0])
     write_companion(model, fit)
     set_companion_weight(model, weight)
     model.train(was_training)
@@ -257,12 +260,14 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
         return float((values.argmax(-1) == labels).float().mean())
 
     return CompanionReport(weight=weight, student_accuracy=accuracy(logits), companion_accuracy=accuracy(scores),
-                           combined_accuracy=accuracy(logits + weight * scores), svm_c=fit.svm_c, svm_kind=kind)
+                           combined_accuracy=accuracy(logits + weight * scores), svm_c=fit.svm_c, svm_kind=kind,
+                           naive_bayes=with_naive_bayes)
 
 
 def describe(report: CompanionReport) -> str:
     kind = "NB-SVM" if report.svm_kind == "nbsvm" else "SVM"
-    return (f"linear companion ({kind} C {report.svm_c} + Complement NB, over the student's tokens and bigrams), "
+    naive_bayes = " + Complement NB" if report.naive_bayes else ""
+    return (f"linear companion ({kind} C {report.svm_c}{naive_bayes}, over the student's tokens and bigrams), "
             f"validation accuracy: student {report.student_accuracy:.4f}, companion {report.companion_accuracy:.4f}, "
             f"together {report.combined_accuracy:.4f} at weight {report.weight:g}")
 

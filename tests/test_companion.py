@@ -25,6 +25,7 @@ from lightning_modules.companion import (
     attach_companion,
     calibrated_sum,
     choose_weight,
+    describe,
     feature_counts,
     fit_complement_nb,
     fit_svm,
@@ -156,6 +157,7 @@ def test_attached_companion_is_weighed_on_validation_and_saved(rows: tuple[list[
                               labels[val], pad_id=0)
     assert report.student_accuracy < 0.5 < 0.8 < report.companion_accuracy
     assert report.svm_kind in ("svm", "nbsvm") and report.svm_c in (0.1, 0.2, 0.5)
+    assert ("+ Complement NB" in describe(report)) == report.naive_bayes
     assert report.weight > 0 and report.combined_accuracy >= report.companion_accuracy - 0.02
     logits = model(input_ids=torch.tensor([ids[v] for v in val[:1]])).logits
     assert int(logits.argmax()) in range(len(LABELS))

@@ -17,19 +17,21 @@ from tests.test_sweep import LR, TINY_OVERRIDES, load_study, write_sweep
 
 
 def test_killed_sweep_continues_without_losing_trials(tmp_path: Path) -> None:
-    # 3 trials of 2 epochs; heartbeats every second, stale 2 s after the last one.
+    # 3 trials of 6 epochs (each epoch takes 0.2-0.5 s: a trial outlives the kill below on a fast machine too);
+    # heartbeats every second, stale 2 s after the last one.
     config = write_sweep(tmp_path, n_trials=3, pruner={"kind": "none"},
                          heartbeat={"interval": 1, "grace_period": 2, "max_retry": 1},
-                         overrides=_overrides(tmp_path, **{"trainer.max_epochs": 2}))
+                         overrides=_overrides(tmp_path, **{"trainer.max_epochs": 6}))
     command = [sys.executable, "-m", "recipes", "sweep", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: one thread is as fast, and robust to a busy CPU
     log = tmp_path / "first_run.log"
     with log.open("w") as out:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            # kill during trial 2, once it trains (its run dir gets TensorBoard events at fit start)
+            # kill during trial 2, once it trains (its run dir gets TensorBoard events at fit start, after the trial's
+            # first heartbeat); not later: with 2 epochs a trial finished within the second this waited before
             _wait_for(lambda: any((tmp_path / "tb_logs" / "tiny_sweep" / "trial_2").glob("events.*")), first, log)
-            time.sleep(1.0)
+            time.sleep(0.2)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
