@@ -91,11 +91,11 @@ class DistillationModule(L.LightningModule):
         warmup_ratio: Fraction of the training steps spent warming the learning rate up linearly.
         teacher_batch_size: Batch size of the teacher when it computes the logit cache.
         trust_remote_code: Allow model code from the hub; off unless a recipe turns it on.
-        linear_companion: When training ends, fit a linear model (an SVM or NB-SVM plus a Complement Naive Bayes,
-            over TF-IDF) of the student's own tokens and bigrams into its graph (``export.ngram_bert.LinearCompanion``)
-            and add its scores to the best checkpoint's logits with the SVM kind, C and weight of the best validation
-            accuracy (weight 0 switches it off);
-            needs an n-gram student. On news16 it lifts the student past the linear baseline (docs/quality.md).
+        linear_companion: When training ends, fit a linear model (an SVM or NB-SVM, alone or plus a Complement Naive
+            Bayes, over TF-IDF) of the student's own tokens and bigrams into its graph
+            (``export.ngram_bert.LinearCompanion``) and add its scores to the best checkpoint's logits with the SVM
+            kind, C, members and weight of the best validation accuracy (weight 0 switches it off); needs an n-gram
+            student. On news16 it lifts the student past the linear baseline (docs/quality.md).
     """
 
     def __init__(
