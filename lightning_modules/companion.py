@@ -225,6 +225,38 @@ def set_companion_weight(model: PreTrainedModel, weight: float) -> None:
         classifier.weight[:, -num_labels:] = weight * torch.eye(num_labels, device=classifier.weight.device)
 
 
+@dataclass
+class Candidate:
+    """One companion the fit tries: its linear model, its weight and its validation rank (see :func:`rank`)."""
+
+    svm_kind: SvmKind
+    naive_bayes: bool
+    fit: LinearFit
+    weight: float
+    rank: tuple[float, float]
+
+
+def companion_candidates(train_counts: sparse.csr_matrix, train_labels: np.ndarray, val_counts: sparse.csr_matrix,
+                         val_labels: torch.Tensor, student_logits: torch.Tensor,
+                         svm_cs: tuple[float, ...] = SVM_C_GRID) -> list[Candidate]:
+    """Every companion :func:`attach_companion` chooses from (SVM kind x ``C`` x with or without the Naive Bayes
+    member), each with its best weight for the transformer's validation logits ``student_logits``."""
+    num_labels = student_logits.shape[1]
+    naive_bayes = fit_complement_nb(train_counts, train_labels, num_labels)
+    candidates = []
+    for kind in SVM_KINDS:
+        for svm_c in svm_cs:
+            svm = fit_svm(train_counts, train_labels, num_labels, svm_c, kind)
+            for with_naive_bayes in (True, False):
+                members = [svm, naive_bayes] if with_naive_bayes else [svm]
+                fit = calibrated_sum(members, val_counts, val_labels, svm_c)
+                scores = torch.from_numpy(fit.scores(val_counts)).float()
+                weight = choose_weight(student_logits, scores, val_labels)
+                candidates.append(Candidate(kind, with_naive_bayes, fit, weight,
+                                            rank(student_logits, scores, val_labels, weight)))
+    return candidates
+
+
 def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels: torch.Tensor, val: TokenizedTexts,
                      val_labels: torch.Tensor, *, pad_id: int, remap_train: Callable[[torch.Tensor], torch.Tensor]
                      | None = None, svm_cs: tuple[float, ...] = SVM_C_GRID) -> CompanionReport:
@@ -236,32 +268,23 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
         raise PocketbertError("the linear companion is fitted already (its classifier columns are not 0)")
     was_training = model.training
     model.eval()
-    train_counts = feature_counts(model, train, remap_train)
     val_counts = feature_counts(model, val)
     logits, _ = student_and_companion(model, val, pad_id)  # the companion is still off: the transformer alone
     labels = val_labels.cpu().long()
-    train_y = train_labels.cpu().numpy()
-    naive_bayes = fit_complement_nb(train_counts, train_y, num_labels)
-    candidates = []
-    for kind in SVM_KINDS:
-        for svm_c in svm_cs:
-            svm = fit_svm(train_counts, train_y, num_labels, svm_c, kind)
-            for with_naive_bayes in (True, False):
-                fit = calibrated_sum([svm, naive_bayes] if with_naive_bayes else [svm], val_counts, labels, svm_c)
-                scores = torch.from_numpy(fit.scores(val_counts)).float()
-                weight = choose_weight(logits, scores, labels)
-                candidates.append((rank(logits, scores, labels, weight), fit, scores, weight, kind, with_naive_bayes))
-    _, fit, scores, weight, kind, with_naive_bayes = min(candidates, key=lambda candidate: candidate[0])
-    write_companion(model, fit)
-    set_companion_weight(model, weight)
+    candidates = companion_candidates(feature_counts(model, train, remap_train), train_labels.cpu().numpy(),
+                                      val_counts, labels, logits, svm_cs)
+    best = min(candidates, key=lambda candidate: candidate.rank)
+    write_companion(model, best.fit)
+    set_companion_weight(model, best.weight)
     model.train(was_training)
+    scores = torch.from_numpy(best.fit.scores(val_counts)).float()
 
     def accuracy(values: torch.Tensor) -> float:
         return float((values.argmax(-1) == labels).float().mean())
 
-    return CompanionReport(weight=weight, student_accuracy=accuracy(logits), companion_accuracy=accuracy(scores),
-                           combined_accuracy=accuracy(logits + weight * scores), svm_c=fit.svm_c, svm_kind=kind,
-                           naive_bayes=with_naive_bayes)
+    return CompanionReport(weight=best.weight, student_accuracy=accuracy(logits), companion_accuracy=accuracy(scores),
+                           combined_accuracy=accuracy(logits + best.weight * scores), svm_c=best.fit.svm_c,
+                           svm_kind=best.svm_kind, naive_bayes=best.naive_bayes)
 
 
 def describe(report: CompanionReport) -> str:

@@ -34,6 +34,13 @@ class TokenizedTexts:
     def row(self, index: int) -> torch.Tensor:
         return self.ids[self.offsets[index] : self.offsets[index + 1]]
 
+    @classmethod
+    def from_rows(cls, rows: list[list[int]]) -> TokenizedTexts:
+        """Packed from unpadded rows of token ids (e.g. ``export.evaluation.EvalSet.token_ids``)."""
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(torch.tensor([len(row) for row in rows], dtype=torch.int64), 0)
+        return cls(torch.tensor([i for row in rows for i in row], dtype=torch.int32), offsets, from_cache=False)
+
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of what decides token ids: class, vocabulary and the whole tokenizing pipeline (lower-casing, accent

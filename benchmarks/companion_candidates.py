@@ -1,0 +1,109 @@
+"""Every linear companion the fit chooses from, scored on a trained run: which one ships and what the others score.
+
+A run trained with ``linear_companion: true`` ships the candidate (SVM or NB-SVM, its ``C``, with or without the Naive
+Bayes member, and its weight) with the best validation accuracy of student + companion (``lightning_modules.companion``;
+test texts are never read to choose). This script reads the run's best checkpoint and its data, sets the companion's
+weight to 0 (the transformer alone), refits every candidate on the training split exactly as the fit does, and scores
+each on the validation and test splits; then the pick of each candidate set (the shipped one and two narrower ones),
+beside the linear baseline's test accuracy from the run's ``benchmark.json``. Prints Markdown tables, writes JSON::
+
+    NEWS_DATA_DIR=../shared/data python benchmarks/companion_candidates.py --run tb_logs/news16_distill_cpu/latest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from export.files import read_manifest, write_json  # noqa: E402
+from lightning_modules.checkpoints import load_exportable, split_examples  # noqa: E402
+from lightning_modules.companion import (  # noqa: E402
+    Candidate,
+    companion_candidates,
+    feature_counts,
+    set_companion_weight,
+    student_and_companion,
+)
+from lightning_modules.token_cache import TokenizedTexts  # noqa: E402
+from recipes.tools.config import instantiate, read_config  # noqa: E402
+from recipes.tools.parser import run_path  # noqa: E402
+
+# Candidate sets compared by their picks: what ships, and what the companion was before it chose (two versions).
+CANDIDATE_SETS: dict[str, Callable[[Candidate], bool]] = {
+    "every candidate (shipped)": lambda candidate: True,
+    "NB-SVM alone": lambda candidate: candidate.svm_kind == "nbsvm" and not candidate.naive_bayes,
+    "SVM or NB-SVM, always + Naive Bayes": lambda candidate: candidate.naive_bayes,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=run_path, default=str(REPO / "tb_logs" / "news16_distill_cpu" / "latest"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "companion_candidates.json")
+    args = parser.parse_args()
+    export_dir = args.run / "export"
+    exportable = load_exportable(read_manifest(export_dir)["source_checkpoint"])
+    model = exportable.model.eval()
+    if not getattr(model.config, "linear_companion", False):
+        sys.exit(f"error: {args.run} was trained without linear_companion; train with "
+                 "--model.init_args.linear_companion true")
+    set_companion_weight(model, 0.0)  # the transformer alone; every candidate is refitted below
+    datamodule, _ = instantiate(read_config(str(args.run / "config.yaml")))
+    splits = {}
+    for split in ("train", "val", "test"):
+        examples = split_examples(datamodule, split, exportable)  # in the shipped (pruned) ids, as the app feeds them
+        texts = TokenizedTexts.from_rows(examples.token_ids)
+        logits = student_and_companion(model, texts, examples.pad_id)[0] if split != "train" else None
+        splits[split] = (feature_counts(model, texts), torch.tensor(examples.labels).long(), logits)
+    (train_counts, train_labels, _), (val_counts, val_labels, val_logits), (test_counts, test_labels, test_logits) = (
+        splits["train"], splits["val"], splits["test"])
+    candidates = companion_candidates(train_counts, train_labels.numpy(), val_counts, val_labels, val_logits)
+
+    def accuracy(values: torch.Tensor, gold: torch.Tensor) -> float:
+        return float((values.argmax(-1) == gold).float().mean())
+
+    rows: list[dict[str, Any]] = []
+    for candidate in candidates:
+        test_scores = torch.from_numpy(candidate.fit.scores(test_counts)).float()
+        rows.append({"svm_kind": candidate.svm_kind, "svm_c": candidate.fit.svm_c, "naive_bayes": candidate.naive_bayes,
+                     "weight": candidate.weight, "val": -candidate.rank[0], "val_nll": candidate.rank[1],
+                     "test": accuracy(test_logits + candidate.weight * test_scores, test_labels),
+                     "companion_alone_test": accuracy(test_scores, test_labels)})
+    picks = {name: min((i for i, c in enumerate(candidates) if keep(c)), key=lambda i: candidates[i].rank)
+             for name, keep in CANDIDATE_SETS.items()}
+    benchmark = export_dir / "benchmark.json"
+    baseline = next((row.get("accuracy") for row in json.loads(benchmark.read_text("utf-8")).get("variants", [])
+                     if row.get("variant") == "baseline"), None) if benchmark.is_file() else None
+    print(f"transformer alone: validation {accuracy(val_logits, val_labels):.4f}, test "
+          f"{accuracy(test_logits, test_labels):.4f}; linear baseline test "
+          f"{'-' if baseline is None else f'{baseline:.4f}'}\n")
+    print("| SVM | C | + Naive Bayes | weight | validation | test | companion alone, test |")
+    print("|---|---|---|---|---|---|---|")
+    for i, row in enumerate(rows):
+        mark = " (ships)" if i == picks["every candidate (shipped)"] else ""
+        naive_bayes = "yes" if row["naive_bayes"] else "no"
+        print(f"| {row['svm_kind']}{mark} | {row['svm_c']} | {naive_bayes} | {row['weight']:g} | {row['val']:.4f} "
+              f"| {row['test']:.4f} | {row['companion_alone_test']:.4f} |")
+    print("\n| candidate set | its pick | validation | test |\n|---|---|---|---|")
+    for name, i in picks.items():
+        row = rows[i]
+        print(f"| {name} | {row['svm_kind']} C {row['svm_c']}{' + NB' if row['naive_bayes'] else ''} "
+              f"| {row['val']:.4f} | {row['test']:.4f} |")
+    write_json(args.out, {"run": str(args.run), "baseline_test": baseline, "candidates": rows,
+                          "picks": {name: rows[i] for name, i in picks.items()},
+                          "transformer_alone": {"val": accuracy(val_logits, val_labels),
+                                                "test": accuracy(test_logits, test_labels)}})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
