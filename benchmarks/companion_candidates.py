@@ -13,7 +13,6 @@ beside the linear baseline's test accuracy from the run's ``benchmark.json``. Pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from export.files import read_manifest, write_json  # noqa: E402
-from lightning_modules.checkpoints import load_exportable, split_examples  # noqa: E402
+from benchmarks.companion_weights import load_companion_run  # noqa: E402
+from export.files import write_json  # noqa: E402
+from lightning_modules.checkpoints import split_examples  # noqa: E402
 from lightning_modules.companion import (  # noqa: E402
     Candidate,
     companion_candidates,
@@ -34,7 +34,6 @@ from lightning_modules.companion import (  # noqa: E402
     student_and_companion,
 )
 from lightning_modules.token_cache import TokenizedTexts  # noqa: E402
-from recipes.tools.config import instantiate, read_config  # noqa: E402
 from recipes.tools.parser import run_path  # noqa: E402
 
 # Candidate sets compared by their picks: what ships, and what the companion was before it chose (two versions).
@@ -50,14 +49,9 @@ def main() -> None:
     parser.add_argument("--run", type=run_path, default=str(REPO / "tb_logs" / "news16_distill_cpu" / "latest"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "companion_candidates.json")
     args = parser.parse_args()
-    export_dir = args.run / "export"
-    exportable = load_exportable(read_manifest(export_dir)["source_checkpoint"])
+    exportable, datamodule, baseline = load_companion_run(args.run)
     model = exportable.model.eval()
-    if not getattr(model.config, "linear_companion", False):
-        sys.exit(f"error: {args.run} was trained without linear_companion; train with "
-                 "--model.init_args.linear_companion true")
     set_companion_weight(model, 0.0)  # the transformer alone; every candidate is refitted below
-    datamodule, _ = instantiate(read_config(str(args.run / "config.yaml")))
     splits = {}
     for split in ("train", "val", "test"):
         examples = split_examples(datamodule, split, exportable)  # in the shipped (pruned) ids, as the app feeds them
@@ -80,9 +74,6 @@ def main() -> None:
                      "companion_alone_test": accuracy(test_scores, test_labels)})
     picks = {name: min((i for i, c in enumerate(candidates) if keep(c)), key=lambda i: candidates[i].rank)
              for name, keep in CANDIDATE_SETS.items()}
-    benchmark = export_dir / "benchmark.json"
-    baseline = next((row.get("accuracy") for row in json.loads(benchmark.read_text("utf-8")).get("variants", [])
-                     if row.get("variant") == "baseline"), None) if benchmark.is_file() else None
     print(f"transformer alone: validation {accuracy(val_logits, val_labels):.4f}, test "
           f"{accuracy(test_logits, test_labels):.4f}; linear baseline test "
           f"{'-' if baseline is None else f'{baseline:.4f}'}\n")

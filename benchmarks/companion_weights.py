@@ -24,9 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from export.baseline import BASELINE  # noqa: E402
 from export.files import read_manifest, write_json  # noqa: E402
 from export.personalization import pooled_features  # noqa: E402
-from lightning_modules.checkpoints import load_exportable, split_examples  # noqa: E402
+from lightning_modules.checkpoints import ExportableModel, load_exportable, split_examples  # noqa: E402
 from lightning_modules.companion import WEIGHT_GRID  # noqa: E402
 from recipes.tools.config import instantiate, read_config  # noqa: E402
 from recipes.tools.parser import run_path  # noqa: E402
@@ -38,22 +39,37 @@ def split_logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> 
     return features[:, :-labels] @ weight[:, :-labels].T + bias, features[:, -labels:]
 
 
+def load_companion_run(run: Path) -> tuple[ExportableModel, Any, float | None]:
+    """A run trained with ``linear_companion: true``: its exported student (best checkpoint), its DataModule (from the
+    run's config) and the linear baseline's test accuracy from its ``benchmark.json`` (None without one). Exits with a
+    one-line error for a run trained without the companion."""
+    export_dir = run / "export"
+    checkpoint = read_manifest(export_dir).get("source_checkpoint")
+    if checkpoint is None:
+        sys.exit(f"error: {run} has no exported student ({export_dir}/manifest.json names no source_checkpoint); pass "
+                 "the run dir of a distillation recipe, e.g. tb_logs/news16_distill_cpu/latest")
+    exportable = load_exportable(checkpoint)
+    if not getattr(exportable.model.config, "linear_companion", False):
+        sys.exit(f"error: {run} was trained without linear_companion; train with "
+                 "--model.init_args.linear_companion true")
+    datamodule, _ = instantiate(read_config(str(run / "config.yaml")))
+    benchmark = export_dir / "benchmark.json"
+    baseline = next((row.get("accuracy") for row in json.loads(benchmark.read_text("utf-8")).get("variants", [])
+                     if row.get("variant") == BASELINE), None) if benchmark.is_file() else None
+    return exportable, datamodule, baseline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=run_path, default=str(REPO / "tb_logs" / "news16_distill_cpu" / "latest"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "companion_weights.json")
     args = parser.parse_args()
-    export_dir = args.run / "export"
-    exportable = load_exportable(read_manifest(export_dir)["source_checkpoint"])
+    exportable, datamodule, baseline = load_companion_run(args.run)
     classifier = cast(torch.nn.Linear, exportable.model.classifier)
-    if not getattr(exportable.model.config, "linear_companion", False):
-        sys.exit(f"error: {args.run} was trained without linear_companion; train with "
-                 "--model.init_args.linear_companion true")
     weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
     labels = weight.shape[0]
     shipped = float(weight[0, -labels])
     assert np.allclose(weight[:, -labels:], shipped * np.eye(labels)), "the companion columns are not weight * I"
-    datamodule, _ = instantiate(read_config(str(args.run / "config.yaml")))
     splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for split in ("val", "test"):
         examples = split_examples(datamodule, split, exportable)
@@ -66,9 +82,6 @@ def main() -> None:
         logits = scores if companion_weight is None else student + companion_weight * scores
         return float((logits.argmax(1) == gold).mean())
 
-    benchmark = export_dir / "benchmark.json"
-    baseline = next((row.get("accuracy") for row in json.loads(benchmark.read_text("utf-8")).get("variants", [])
-                     if row.get("variant") == "baseline"), None) if benchmark.is_file() else None
     rows: list[dict[str, Any]] = [{"model": "companion alone", "weight": None, "val": accuracy("val", None),
                                    "test": accuracy("test", None)}]
     rows += [{"model": "student + weight x companion" + (" (shipped)" if abs(w - shipped) < 1e-4 else ""), "weight": w,

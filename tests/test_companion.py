@@ -186,21 +186,20 @@ def test_the_fit_ships_the_best_ranked_of_every_candidate(rows: tuple[list[list[
     ids, labels = rows
     train, val = split(ids, labels)
     model = student(ids)
-    val_counts = feature_counts(model, packed([ids[i] for i in val]))
-    logits, _ = student_and_companion(model, packed([ids[i] for i in val]), 0)
-    candidates = companion_candidates(feature_counts(model, packed([ids[i] for i in train])), labels[train].numpy(),
-                                      val_counts, labels[val], logits)
+    train_texts, val_texts = packed([ids[i] for i in train]), packed([ids[i] for i in val])
+    train_counts = feature_counts(model, train_texts)
+    logits, _ = student_and_companion(model, val_texts, 0)
+    candidates = companion_candidates(train_counts, labels[train].numpy(), feature_counts(model, val_texts),
+                                      labels[val], logits)
     assert sorted((c.svm_kind, c.fit.svm_c, c.naive_bayes) for c in candidates) == sorted(
         itertools.product(SVM_KINDS, SVM_C_GRID, (True, False)))
     for candidate in candidates:  # without the Naive Bayes the companion is the SVM alone, times a temperature
         if not candidate.naive_bayes:
-            svm = fit_svm(feature_counts(model, packed([ids[i] for i in train])), labels[train].numpy(), len(LABELS),
-                          candidate.fit.svm_c, candidate.svm_kind)
+            svm = fit_svm(train_counts, labels[train].numpy(), len(LABELS), candidate.fit.svm_c, candidate.svm_kind)
             scale = (candidate.fit.coef / np.where(svm.coef == 0, 1.0, svm.coef))[svm.coef != 0]
             assert scale[0] > 0 and np.allclose(scale, scale[0])
     best = min(candidates, key=lambda candidate: candidate.rank)
-    report = attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
-                              labels[val], pad_id=0)
+    report = attach_companion(model, train_texts, labels[train], val_texts, labels[val], pad_id=0)
     assert (report.svm_kind, report.svm_c, report.naive_bayes, report.weight) == (
         best.svm_kind, best.fit.svm_c, best.naive_bayes, best.weight)
     assert report.combined_accuracy == pytest.approx(-best.rank[0])
