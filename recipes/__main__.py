@@ -70,7 +70,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {found}", file=sys.stderr)
         return 2
+    finally:
+        close_process_group()
     return 0
+
+
+def close_process_group() -> None:
+    """Shut a DDP run's process group down before the interpreter exits: left open, gloo's threads are destroyed
+    while still joinable and the process aborts ("terminate called without an active exception", exit -6) after
+    every file was written, in about one DDP run in five on 2 CPU cores."""
+    if "torch" not in sys.modules:  # the tools that never import torch stay fast
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
