@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def close_process_group() -> None:
     """Shut a DDP run's process group down before the interpreter exits: left open, gloo's threads are destroyed
     while still joinable and the process aborts ("terminate called without an active exception", exit -6) after
-    every file was written, in about one DDP run in five on 2 CPU cores."""
+    every file was written, in 2 of 12 DDP runs on 2 CPU cores."""
     if "torch" not in sys.modules:  # the tools that never import torch stay fast
         return
     import torch.distributed as dist
