@@ -32,6 +32,7 @@ from lightning_modules.companion import (  # noqa: E402
     feature_counts,
     set_companion_weight,
     student_and_companion,
+    uninformative_columns,
 )
 from lightning_modules.token_cache import TokenizedTexts  # noqa: E402
 from recipes.tools.parser import run_path  # noqa: E402
@@ -60,7 +61,9 @@ def main() -> None:
         splits[split] = (feature_counts(model, texts), torch.tensor(examples.labels).long(), logits)
     (train_counts, train_labels, _), (val_counts, val_labels, val_logits), (test_counts, test_labels, test_logits) = (
         splits["train"], splits["val"], splits["test"])
-    candidates = companion_candidates(train_counts, train_labels.numpy(), val_counts, val_labels, val_logits)
+    ignored = uninformative_columns(model, exportable.vocab.index("[UNK]"))
+    candidates = companion_candidates(train_counts, train_labels.numpy(), val_counts, val_labels, val_logits,
+                                      ignored=ignored)
 
     def accuracy(values: torch.Tensor, gold: torch.Tensor) -> float:
         return float((values.argmax(-1) == gold).float().mean())

@@ -303,6 +303,11 @@ class DistillationModule(L.LightningModule):
         if self.hparams.get("linear_companion") and not self.trainer.interrupted:
             self._attach_companion()
 
+    def _model_unknown_id(self) -> int:
+        """[UNK]'s id in the model's (possibly pruned) vocabulary."""
+        unknown = torch.tensor([int(self.tokenizer.unk_token_id or 0)])
+        return int((self.pruned.remap(unknown) if self.pruned is not None else unknown)[0])
+
     def _attach_companion(self) -> None:
         """Fit the linear companion into the best checkpoint's student (and that file), before the exports read it."""
         datamodule = self._datamodule()
@@ -321,7 +326,7 @@ class DistillationModule(L.LightningModule):
             val_tokens = self._pruned_eval_tokens("val") if self.pruned is not None else None  # in the pruned ids
             report = attach_companion(self.model, train.tokens, train.labels,
                                       val.tokens if val_tokens is None else val_tokens, val.labels,
-                                      pad_id=int(self.tokenizer.pad_token_id or 0),
+                                      pad_id=int(self.tokenizer.pad_token_id or 0), unknown_id=self._model_unknown_id(),
                                       remap_train=self.pruned.remap if self.pruned is not None else None)
             rank_zero_info(describe(report))
             if best:

@@ -36,6 +36,7 @@ from lightning_modules.companion import (
     save_into_checkpoint,
     student_and_companion,
     tfidf,
+    uninformative_columns,
     write_companion,
 )
 from lightning_modules.corpus import read_raw
@@ -49,6 +50,7 @@ from tests.conftest import NEWS16
 from tests.helpers import cpu_trainer, tiny_spec
 from tests.test_ngram import assert_exports_match
 
+UNK = 100  # [UNK] in bert-base-chinese's vocabulary
 LABELS = ["car", "sports", "finance"]
 
 
@@ -159,16 +161,21 @@ def test_attached_companion_is_weighed_on_validation_and_saved(rows: tuple[list[
     train, val = split(ids, labels)
     model = student(ids)  # an untrained transformer: chance level, so the companion must take over
     report = attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
-                              labels[val], pad_id=0)
+                              labels[val], pad_id=0, unknown_id=UNK)
     assert report.student_accuracy < 0.5 < 0.8 < report.companion_accuracy
     assert report.svm_kind in ("svm", "nbsvm") and report.svm_c in (0.1, 0.2, 0.5)
     assert ("+ Complement NB" in describe(report)) == report.naive_bayes
     assert report.weight > 0 and report.combined_accuracy >= report.companion_accuracy - 0.02
+    # [UNK] and the row of every bigram outside the vocabulary weigh nothing and take no share of a text's norm (the
+    # last column holds the idf^2): test texts have far more of them than training texts
+    companion = model.base_model.companion
+    assert companion.token_table[:, -1].count_nonzero() > 100
+    assert not companion.token_table[UNK].any() and not companion.ngram_table[-1].any()
     logits = model(input_ids=torch.tensor([ids[v] for v in val[:1]])).logits
     assert int(logits.argmax()) in range(len(LABELS))
     with pytest.raises(PocketbertError, match="fitted already"):
         attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
-                         labels[val], pad_id=0)
+                         labels[val], pad_id=0, unknown_id=UNK)
     # the best checkpoint gets the fitted weights in place
     path = tmp_path / "best.ckpt"
     fresh = student(ids)
@@ -189,17 +196,19 @@ def test_the_fit_ships_the_best_ranked_of_every_candidate(rows: tuple[list[list[
     train_texts, val_texts = packed([ids[i] for i in train]), packed([ids[i] for i in val])
     train_counts = feature_counts(model, train_texts)
     logits, _ = student_and_companion(model, val_texts, 0)
+    ignored = uninformative_columns(model, UNK)
     candidates = companion_candidates(train_counts, labels[train].numpy(), feature_counts(model, val_texts),
-                                      labels[val], logits)
+                                      labels[val], logits, ignored=ignored)
     assert sorted((c.svm_kind, c.fit.svm_c, c.naive_bayes) for c in candidates) == sorted(
         itertools.product(SVM_KINDS, SVM_C_GRID, (True, False)))
     for candidate in candidates:  # without the Naive Bayes the companion is the SVM alone, times a temperature
         if not candidate.naive_bayes:
-            svm = fit_svm(train_counts, labels[train].numpy(), len(LABELS), candidate.fit.svm_c, candidate.svm_kind)
+            svm = fit_svm(train_counts, labels[train].numpy(), len(LABELS), candidate.fit.svm_c, candidate.svm_kind,
+                          ignored)
             scale = (candidate.fit.coef / np.where(svm.coef == 0, 1.0, svm.coef))[svm.coef != 0]
             assert scale[0] > 0 and np.allclose(scale, scale[0])
     best = min(candidates, key=lambda candidate: candidate.rank)
-    report = attach_companion(model, train_texts, labels[train], val_texts, labels[val], pad_id=0)
+    report = attach_companion(model, train_texts, labels[train], val_texts, labels[val], pad_id=0, unknown_id=UNK)
     assert (report.svm_kind, report.svm_c, report.naive_bayes, report.weight) == (
         best.svm_kind, best.fit.svm_c, best.naive_bayes, best.weight)
     assert report.combined_accuracy == pytest.approx(-best.rank[0])
@@ -220,7 +229,7 @@ def test_companion_exports_with_parity_and_follows_pruning(rows: tuple[list[list
     train, val = split(ids, labels)
     model = student(ids)
     attach_companion(model, packed([ids[i] for i in train]), labels[train], packed([ids[i] for i in val]),
-                     labels[val], pad_id=0)
+                     labels[val], pad_id=0, unknown_id=UNK)
     before = model(input_ids=torch.tensor([ids[1]])).logits
     pruned = PrunedVocab.from_training_ids(load_tokenizer(vocab_file), packed(ids).ids)
     pruned.prune_embeddings(model, report=False)
