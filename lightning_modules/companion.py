@@ -133,14 +133,14 @@ def uninformative_columns(model: PreTrainedModel, unknown_id: int) -> list[int]:
 
 
 def fit_svm(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, svm_c: float,
-            kind: SvmKind = "nbsvm", ignored: Sequence[int] = ()) -> LinearFit:
+            kind: SvmKind = "nbsvm", idf: np.ndarray | None = None) -> LinearFit:
     """One-vs-rest ``LinearSVC(C=svm_c)`` on the TF-IDF of ``counts`` (training texts). For ``nbsvm`` class ``c``'s
     features are first scaled by ``r = log((p / |p|) / (q / |q|))``, ``p`` (``q``) the add-one counts of texts of (not
     of) ``c`` that have it, and ``coef`` folds ``r`` back in. A class without training texts gets no weights and a
-    low intercept. The ``ignored`` columns get idf 0 (:func:`smooth_idf`)."""
+    low intercept. ``idf`` defaults to :func:`smooth_idf` of ``counts``."""
     from sklearn.svm import LinearSVC
 
-    idf = smooth_idf(counts, ignored)
+    idf = smooth_idf(counts) if idf is None else idf
     features = tfidf(counts, idf)
     present = (counts > 0).astype(np.float64).tocsr()
     coef = np.zeros((num_labels, counts.shape[1]))
@@ -160,14 +160,14 @@ def fit_svm(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, svm_
 
 
 def fit_complement_nb(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, alpha: float = NB_ALPHA,
-                      ignored: Sequence[int] = ()) -> LinearFit:
+                      idf: np.ndarray | None = None) -> LinearFit:
     """``ComplementNB(alpha)`` on the TF-IDF of ``counts``: its joint log-likelihood is linear in the features. Each
     feature's weights are centred over the classes (a per-text constant, so no prediction changes), which keeps the
     int8 table's range to the differences between classes. A class without training texts gets a low intercept.
-    The ``ignored`` columns get idf 0 (:func:`smooth_idf`)."""
+    ``idf`` defaults to :func:`smooth_idf` of ``counts``."""
     from sklearn.naive_bayes import ComplementNB
 
-    idf = smooth_idf(counts, ignored)
+    idf = smooth_idf(counts) if idf is None else idf
     nb = ComplementNB(alpha=alpha).fit(tfidf(counts, idf), labels)
     coef = np.zeros((num_labels, counts.shape[1]))
     coef[nb.classes_] = nb.feature_log_prob_ - nb.feature_log_prob_.mean(axis=0)
@@ -260,11 +260,12 @@ def companion_candidates(train_counts: sparse.csr_matrix, train_labels: np.ndarr
     member), each with its best weight for the transformer's validation logits ``student_logits``; the ``ignored``
     feature columns (:func:`uninformative_columns`) get no weight."""
     num_labels = student_logits.shape[1]
-    naive_bayes = fit_complement_nb(train_counts, train_labels, num_labels, ignored=ignored)
+    idf = smooth_idf(train_counts, ignored)  # one for every member, so that their sum is one linear model
+    naive_bayes = fit_complement_nb(train_counts, train_labels, num_labels, idf=idf)
     candidates = []
     for kind in SVM_KINDS:
         for svm_c in svm_cs:
-            svm = fit_svm(train_counts, train_labels, num_labels, svm_c, kind, ignored)
+            svm = fit_svm(train_counts, train_labels, num_labels, svm_c, kind, idf)
             for with_naive_bayes in (True, False):
                 members = [svm, naive_bayes] if with_naive_bayes else [svm]
                 fit = calibrated_sum(members, val_counts, val_labels, svm_c)

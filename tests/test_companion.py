@@ -34,6 +34,7 @@ from lightning_modules.companion import (
     fit_complement_nb,
     fit_svm,
     save_into_checkpoint,
+    smooth_idf,
     student_and_companion,
     tfidf,
     uninformative_columns,
@@ -204,7 +205,7 @@ def test_the_fit_ships_the_best_ranked_of_every_candidate(rows: tuple[list[list[
     for candidate in candidates:  # without the Naive Bayes the companion is the SVM alone, times a temperature
         if not candidate.naive_bayes:
             svm = fit_svm(train_counts, labels[train].numpy(), len(LABELS), candidate.fit.svm_c, candidate.svm_kind,
-                          ignored)
+                          smooth_idf(train_counts, ignored))
             scale = (candidate.fit.coef / np.where(svm.coef == 0, 1.0, svm.coef))[svm.coef != 0]
             assert scale[0] > 0 and np.allclose(scale, scale[0])
     best = min(candidates, key=lambda candidate: candidate.rank)
