@@ -19,7 +19,9 @@ epochs (THUCNews-10's take 4 minutes an epoch on 2 cores).
 
 Prints a Markdown table and writes JSON to
 ``benchmarks/results/augmentation_<data>_e<epochs>[_equal_steps].json``; a rerun reuses every finished fit whose config
-is unchanged.
+is unchanged. The table's first row is the linear baseline (TF-IDF character 1-2-grams + LinearSVC, as in
+``quality_ladder.py``), fitted once on the rungs' original training split (no augmented copies) and scored on the same
+test split; each rung shows by how many points it leads or trails it, without and with augmentation.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from quality_ladder import recipe, run, without_exports  # noqa: E402
+from quality_ladder import baseline_data, linear_baseline, recipe, run, without_exports  # noqa: E402
+
+from export.baseline import lead_cell, lead_points  # noqa: E402
 
 
 def augmented(config: dict[str, Any], copies: int, operations: list[str] | None, rate: float) -> dict[str, Any]:
@@ -66,6 +71,38 @@ def metrics(run_dir: Path) -> dict[str, float]:
     return {"accuracy": float(stored["test_acc"]), "macro_f1": float(stored["test_macro_f1"])}
 
 
+def rung_row(rung: str, epochs: tuple[int, int], plain: dict[str, float], aug: dict[str, float],
+             baseline: dict[str, Any]) -> dict[str, Any]:
+    """A rung's figures: :func:`metrics` without / with augmentation (trained ``epochs`` epochs), the gain, and the
+    lead of each over the linear ``baseline`` row, in accuracy points."""
+    return {"rung": rung, "epochs": epochs[0], "aug_epochs": epochs[1], "without": plain, "with": aug,
+            "gain_points": 100 * (aug["accuracy"] - plain["accuracy"]), "baseline": baseline,
+            "vs_baseline_points": {arm: lead_points(figures["accuracy"], baseline)
+                                   for arm, figures in (("without", plain), ("with", aug))}}
+
+
+def distinct_baselines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows' baselines, each once (one, unless the rungs' recipes read different data)."""
+    return list({json.dumps(row["baseline"], sort_keys=True): row["baseline"] for row in rows}.values())
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table: the linear baseline's row (:func:`distinct_baselines`), then a row per rung with its gain from
+    augmentation and its lead over the baseline without / with it."""
+    lines = ["| rung | epochs without / with | accuracy without | with | gain (pts) | vs baseline without / with (pts) "
+             "| macro-F1 without | with |", "|---|---|---|---|---|---|---|---|"]
+    for baseline in distinct_baselines(rows):
+        # fitted on the original texts: its figures go under "without"
+        lines.append(f"| linear baseline: {baseline['model']} ({baseline['train_examples']:,} training texts) | - | "
+                     f"{baseline['accuracy']:.4f} | - | - | - | {baseline['macro_f1']:.4f} | - |")
+    for row in rows:
+        lead = row["vs_baseline_points"]
+        lines.append(f"| {row['rung']} | {row['epochs']} / {row['aug_epochs']} | {row['without']['accuracy']:.4f} | "
+                     f"{row['with']['accuracy']:.4f} | {row['gain_points']:+.2f} | {lead_cell(lead['without'])} / "
+                     f"{lead_cell(lead['with'])} | {row['without']['macro_f1']:.4f} | {row['with']['macro_f1']:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["news16", "thucnews10"], default="news16")
@@ -84,8 +121,15 @@ def main() -> None:
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     tag = f"x{args.copies}_{'-'.join(args.operations or ['all'])}_r{args.rate}"
+    baselines: dict[str, dict[str, Any]] = {}  # one fit per distinct data block: the rungs' recipes share theirs
     for rung in args.rungs:
         base = rung_config(args.data, rung, args.max_epochs)
+        dm = baseline_data(base["data"])
+        # the resolved arguments (defaults filled in), so that a recipe spelling out a default shares the fit
+        key = json.dumps({**dm.hparams, "tokenizer": dm.tokenizer_spec}, sort_keys=True, default=str)
+        if key not in baselines:
+            baselines[key] = linear_baseline(dm)
+        baseline = baselines[key]
         epochs = base["trainer"]["max_epochs"]
         name = f"{args.data}_{rung}_e{epochs}"
         print(f"{rung}:", flush=True)
@@ -94,19 +138,11 @@ def main() -> None:
         aug_epochs = max(1, round(epochs / (1 + args.copies))) if args.equal_steps else epochs
         aug_config["trainer"]["max_epochs"] = aug_epochs
         aug = metrics(run(aug_config, f"{name}_aug{tag}_e{aug_epochs}", args.seed, work))
-        rows.append({"rung": rung, "epochs": epochs, "aug_epochs": aug_epochs, "without": plain, "with": aug,
-                     "gain_points": 100 * (aug["accuracy"] - plain["accuracy"])})
-    lines = [f"augmentation: EDA {tag}, seed {args.seed}",
-             "| rung | epochs without / with | accuracy without | with | gain (pts) | macro-F1 without | with |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['rung']} | {row['epochs']} / {row['aug_epochs']} | {row['without']['accuracy']:.4f} | "
-                     f"{row['with']['accuracy']:.4f} | {row['gain_points']:+.2f} | {row['without']['macro_f1']:.4f} | "
-                     f"{row['with']['macro_f1']:.4f} |")
+        rows.append(rung_row(rung, (epochs, aug_epochs), plain, aug, baseline))
     minutes = (time.perf_counter() - start) / 60
-    print("\n" + "\n".join(lines) + f"\n\n({minutes:.0f} min)")
+    print(f"\naugmentation: EDA {tag}, seed {args.seed}\n{markdown(rows)}\n\n({minutes:.0f} min)")
     result = {"data": args.data, "seed": args.seed, "copies": args.copies, "operations": args.operations,
-              "rate": args.rate, "rows": rows, "minutes": minutes}
+              "rate": args.rate, "baselines": distinct_baselines(rows), "rows": rows, "minutes": minutes}
     args.out.mkdir(parents=True, exist_ok=True)
     schedule = f"e{args.max_epochs or 'recipe'}{'_equal_steps' if args.equal_steps else ''}"
     (args.out / f"augmentation_{args.data}_{schedule}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")

@@ -13,7 +13,6 @@ JSON::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from export.baseline import BASELINE  # noqa: E402
+from export.baseline import read_baseline  # noqa: E402
 from export.files import read_manifest, write_json  # noqa: E402
 from export.personalization import pooled_features  # noqa: E402
 from lightning_modules.checkpoints import ExportableModel, load_exportable, split_examples  # noqa: E402
@@ -53,10 +52,8 @@ def load_companion_run(run: Path) -> tuple[ExportableModel, Any, float | None]:
         sys.exit(f"error: {run} was trained without linear_companion; train with "
                  "--model.init_args.linear_companion true")
     datamodule, _ = instantiate(read_config(str(run / "config.yaml")))
-    benchmark = export_dir / "benchmark.json"
-    baseline = next((row.get("accuracy") for row in json.loads(benchmark.read_text("utf-8")).get("variants", [])
-                     if row.get("variant") == BASELINE), None) if benchmark.is_file() else None
-    return exportable, datamodule, baseline
+    baseline = read_baseline(export_dir)
+    return exportable, datamodule, None if baseline is None else baseline.get("accuracy")
 
 
 def main() -> None:

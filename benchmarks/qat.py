@@ -6,7 +6,9 @@ with the same calibration (the QAT run also post-training quantizes the starting
 manifest and benchmark and times the ONNX files again side by side in this one process (interleaved rounds, batch 1, 1
 thread, 32 and 128 tokens), since runs made at different times on a shared machine do not compare. Accuracy is on the
 4,800 news16 test headlines; Core ML W8A8 accuracy is simulated in PyTorch (Core ML predicts on macOS only). Prints a
-Markdown table and writes JSON::
+Markdown table (first the linear baseline from the runs' ``benchmark.json``, TF-IDF character 1-2-grams + LinearSVC
+fitted on the same training split; each model's fp32 / dynamic / static / W8A8 lead over it in points) and writes
+JSON::
 
     NEWS_DATA_DIR=../shared/data python benchmarks/qat.py              # 2 fits, about 15 minutes on 2 cores
     NEWS_DATA_DIR=../shared/data python benchmarks/qat.py --skip-fit   # re-read and re-time the last runs
@@ -27,7 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pruning import time_side_by_side  # noqa: E402
+from benchmarks.pruning import differing_baselines, shared_baseline, time_side_by_side  # noqa: E402
+from export.baseline import baseline_of, lead_cell, lead_points  # noqa: E402
 from export.files import write_json  # noqa: E402
 from export.static_int8 import through_latest  # noqa: E402
 
@@ -74,6 +77,7 @@ def summarize(name: str, export_dir: Path) -> dict[str, Any]:
     manifest = json.loads((export_dir / "manifest.json").read_text())["artifacts"]
     rows = {row["variant"]: row for row in json.loads((export_dir / "benchmark.json").read_text())["variants"]}
     return {"model": name, "export": str(export_dir), "fp32_accuracy": rows["pytorch_fp32"]["accuracy"],
+            "baseline": baseline_of(list(rows.values())),  # None for a run benchmarked before the baseline row existed
             "dynamic": {"accuracy": rows["onnx_int8"]["accuracy"], "size_mb": rows["onnx_int8"]["size_mb"],
                         "path": str(export_dir / manifest["onnx_int8"]["path"])},
             "onnx_fp32_path": str(export_dir / manifest["onnx_fp32"]["path"])}
@@ -90,6 +94,39 @@ def static_figures(export_dir: Path, static: str, coreml: str) -> dict[str, Any]
             "coreml_w8a8": {"simulated_accuracy": w8a8["simulated_in_pytorch"]["accuracy"],
                             "size_mb": w8a8["bytes"] / 1e6, "activation_quantize_ops": w8a8["activation_quantize_ops"],
                             "weight_int8_ops": w8a8["weight_int8_ops"]}}
+
+
+def with_leads(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (:func:`summarize` | :func:`static_figures`) with each accuracy's lead over its run's baseline, in
+    points."""
+    accuracies = {"fp32": row["fp32_accuracy"], "dynamic": row["dynamic"]["accuracy"],
+                  "static": row["static"]["accuracy"], "coreml_w8a8": row["coreml_w8a8"]["simulated_accuracy"]}
+    return row | {"vs_baseline_points": {kind: lead_points(value, row.get("baseline"))
+                                         for kind, value in accuracies.items()}}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table: the linear baseline's row, then a row per model (:func:`with_leads` with ``p50_ms``)."""
+    header = ["model", "fp32 acc", "ONNX dynamic INT8 acc", "ONNX static INT8 acc", "Core ML W8A8 acc (simulated)",
+              "vs baseline fp32 / dynamic / static / W8A8 (pts)", "dynamic / static / W8A8 MB",
+              "dynamic p50 @32 / @128 ms", "static p50 @32 / @128 ms"]
+    baseline = shared_baseline(rows)
+    cells = ["linear baseline (not in these runs' benchmark.json)"] + ["-"] * (len(header) - 1)
+    if baseline is not None:  # one float scikit-learn model: its accuracy under fp32, its size in the size column
+        cells[0], cells[1] = f"linear baseline: {baseline['model']}", f"{baseline['accuracy']:.4f}"
+        cells[6] = f"{baseline['size_mb']:.2f} (scikit-learn)"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(cells) + " |"]
+    for row in rows:
+        dyn, stat, w8a8, ms = row["dynamic"], row["static"], row["coreml_w8a8"], row["p50_ms"]
+        lead = row.get("vs_baseline_points") or {}
+        cells = [row["model"], f"{row['fp32_accuracy']:.4f}", f"{dyn['accuracy']:.4f}", f"{stat['accuracy']:.4f}",
+                 f"{w8a8['simulated_accuracy']:.4f}",
+                 " / ".join(lead_cell(lead.get(kind)) for kind in ("fp32", "dynamic", "static", "coreml_w8a8")),
+                 f"{dyn['size_mb']:.2f} / {stat['size_mb']:.2f} / {w8a8['size_mb']:.2f}",
+                 f"{ms['dynamic'][32]:.2f} / {ms['dynamic'][128]:.2f}",
+                 f"{ms['static'][32]:.2f} / {ms['static'][128]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + differing_baselines(rows))
 
 
 def main() -> None:
@@ -114,6 +151,7 @@ def main() -> None:
         rows.append(summarize("fine-tuned, no QAT (PTQ)", control)
                     | static_figures(control, "onnx_ptq_int8", "coreml_ptq_w8a8"))
     rows.append(summarize("QAT", qat_run) | static_figures(qat_run, "onnx_qat_int8", "coreml_qat_w8a8"))
+    rows = [with_leads(row) for row in rows]
     golden = json.loads((shipped / "golden_tokens.json").read_text())["cases"]
     token_rows = [golden[-1]["input_ids"]]  # a real test headline in the student's ids, padded to each length
     files = {"shipped fp32": Path(rows[0]["onnx_fp32_path"])}
@@ -124,19 +162,9 @@ def main() -> None:
     for row in rows:
         row["p50_ms"] = {kind: timing[f"{row['model']} {kind}"] for kind in ("dynamic", "static")}
     fp32_ms = timing["shipped fp32"]
-    print("| model | fp32 acc | ONNX dynamic INT8 acc | ONNX static INT8 acc | Core ML W8A8 acc (simulated) | "
-          "dynamic / static / W8A8 MB | dynamic p50 @32 / @128 ms | static p50 @32 / @128 ms |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        dyn, stat, w8a8, ms = row["dynamic"], row["static"], row["coreml_w8a8"], row["p50_ms"]
-        cells = [row["model"], f"{row['fp32_accuracy']:.4f}", f"{dyn['accuracy']:.4f}", f"{stat['accuracy']:.4f}",
-                 f"{w8a8['simulated_accuracy']:.4f}",
-                 f"{dyn['size_mb']:.2f} / {stat['size_mb']:.2f} / {w8a8['size_mb']:.2f}",
-                 f"{ms['dynamic'][32]:.2f} / {ms['dynamic'][128]:.2f}",
-                 f"{ms['static'][32]:.2f} / {ms['static'][128]:.2f}"]
-        print("| " + " | ".join(cells) + " |")
+    print(markdown(rows))
     print(f"\nONNX fp32 of the shipped student: p50 {fp32_ms[32]:.2f} / {fp32_ms[128]:.2f} ms at 32 / 128 tokens")
-    write_json(args.out, {"models": rows, "onnx_fp32_ms": fp32_ms})
+    write_json(args.out, {"models": rows, "baseline": shared_baseline(rows), "onnx_fp32_ms": fp32_ms})
     print(f"wrote {args.out}")
 
 

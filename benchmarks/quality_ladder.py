@@ -93,13 +93,23 @@ def test_accuracy(run_dir: Path) -> float:
     return float(json.loads((run_dir / "test_metrics.json").read_text())["test_acc"])
 
 
-def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> list[dict[str, Any]]:
-    classifier, pretrain, student = recipe(f"{data}_cpu"), recipe(f"{data}_pretrain_cpu"), recipe(f"{data}_distill_cpu")
-    dm = NewsDataModule(**{k: v for k, v in classifier["data"]["init_args"].items()})
+def baseline_data(data: dict[str, Any]) -> NewsDataModule:
+    """The DataModule of a recipe's ``data`` block, without its augmentation: the baseline is fitted on the original
+    training texts (``texts["train"]`` never holds augmented copies; augmenting them would only cost time)."""
+    return NewsDataModule(**{k: v for k, v in data["init_args"].items() if k != "augmentation"})
+
+
+def linear_baseline(dm: NewsDataModule) -> dict[str, Any]:
+    """The linear baseline row (:func:`export.baseline.baseline_row`): fitted on ``dm``'s training split, scored on
+    its test split, the splits every rung's run trains and tests on."""
     dm.setup()
     labels = {split: dm.datasets[split].labels.tolist() for split in ("train", "test")}
-    baseline = baseline_row(dm.texts["train"], labels["train"], dm.texts["test"], labels["test"],
-                            len(dm.label_names))
+    return baseline_row(dm.texts["train"], labels["train"], dm.texts["test"], labels["test"], len(dm.label_names))
+
+
+def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> list[dict[str, Any]]:
+    classifier, pretrain, student = recipe(f"{data}_cpu"), recipe(f"{data}_pretrain_cpu"), recipe(f"{data}_distill_cpu")
+    baseline = linear_baseline(baseline_data(classifier["data"]))
     rows: list[dict[str, Any]] = [{"rung": f"linear baseline: {baseline['model']}", "accuracy": [baseline["accuracy"]],
                                    "seeds": ["-"]}]
 

@@ -7,9 +7,11 @@ no training row is labelled by a model that saw it (:func:`cross_fitted_decision
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,3 +146,30 @@ def baseline_row(train_texts: list[str], train_labels: list[int], test_texts: li
             "size_mb": model.shipped_bytes / 1e6, "parameters": int(model.weights.size + model.weights.shape[0]),
             "features": int(model.weights.shape[1]), "fit_seconds": fit_seconds, "train_examples": len(train_texts),
             "settings": asdict(model.settings), **figures}
+
+
+def baseline_of(variants: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The baseline row among a benchmark's ``variants`` (None when it has none: an export context without training
+    texts, or a run benchmarked before the baseline row existed)."""
+    return next((row for row in variants if row.get("variant") == BASELINE), None)
+
+
+def read_baseline(export_dir: Path) -> dict[str, Any] | None:
+    """The baseline row of ``export_dir/benchmark.json`` (None without the file or the row)."""
+    benchmark = export_dir / "benchmark.json"
+    if not benchmark.is_file():
+        return None
+    return baseline_of(json.loads(benchmark.read_text("utf-8")).get("variants", []))
+
+
+def lead_points(accuracy: float | None, baseline: dict[str, Any] | None) -> float | None:
+    """By how many accuracy points ``accuracy`` leads the baseline row (negative: trails it); None when either is
+    missing, so that an old run's table shows "-" instead of failing."""
+    if accuracy is None or baseline is None or baseline.get("accuracy") is None:
+        return None
+    return 100 * (accuracy - baseline["accuracy"])
+
+
+def lead_cell(points: float | None) -> str:
+    """A Markdown cell for :func:`lead_points`: signed, two decimals, "-" when not measured."""
+    return "-" if points is None else f"{points:+.2f}"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.baseline import BASELINE
+from export.baseline import BASELINE, baseline_of
 from export.evaluation import (
     EvalSet,
     Predictor,
@@ -228,7 +228,7 @@ def add_baseline(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> list[d
 
 def baseline_verdict(rows: list[dict[str, Any]], shipped: str | None) -> str | None:
     """One sentence: by how many points the shipped variant leads (or trails) the linear baseline."""
-    baseline = next((row for row in rows if row["variant"] == BASELINE), None)
+    baseline = baseline_of(rows)
     row = next((row for row in rows if row["variant"] == shipped), None)
     if baseline is None or row is None or "lead_over_baseline_points" not in row:
         return None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -119,3 +120,26 @@ def test_augmentation_is_an_hparams_column() -> None:
     assert columns["augmentation"] == "EdaAugmentation copies=1 operations=['synonym', 'delete', 'swap', 'insert'] " \
                                       "rate=0.1 seed=0"
     assert VOCABULARY["augmentation"] == "string"
+
+
+def test_augmentation_benchmark_table_shows_the_baseline_and_both_arms_lead_over_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on the path: undone after the test
+    from benchmarks.augmentation import distinct_baselines, markdown, rung_row
+
+    baseline = {"variant": "baseline", "model": "TF-IDF char 1-2-grams + LinearSVC(C=0.5)", "accuracy": 0.7740,
+                "macro_f1": 0.7702, "train_examples": 11200}
+    rows = [rung_row("distill", (10, 5), {"accuracy": 0.7800, "macro_f1": 0.7790},
+                     {"accuracy": 0.7711, "macro_f1": 0.7700}, baseline),
+            rung_row("ce", (10, 5), {"accuracy": 0.7600, "macro_f1": 0.7590},
+                     {"accuracy": 0.7769, "macro_f1": 0.7750}, baseline)]
+    lines = markdown(rows).splitlines()
+    assert lines[0] == ("| rung | epochs without / with | accuracy without | with | gain (pts) | vs baseline without / "
+                        "with (pts) | macro-F1 without | with |")
+    # one baseline row (the rungs share their data), its figures under "without": it never sees augmented copies
+    assert lines[2] == ("| linear baseline: TF-IDF char 1-2-grams + LinearSVC(C=0.5) (11,200 training texts) | - | "
+                        "0.7740 | - | - | - | 0.7702 | - |")
+    assert lines[3] == "| distill | 10 / 5 | 0.7800 | 0.7711 | -0.89 | +0.60 / -0.29 | 0.7790 | 0.7700 |"
+    assert lines[4] == "| ce | 10 / 5 | 0.7600 | 0.7769 | +1.69 | -1.40 / +0.29 | 0.7590 | 0.7750 |"
+    assert len(lines) == 5 and distinct_baselines(rows) == [baseline]
+    assert rows[1]["vs_baseline_points"]["with"] == pytest.approx(0.29)

@@ -17,6 +17,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from export import ExportError
+from export.baseline import BASELINE
 from export.coreml import describe, load_spec
 from export.graph import ShippedModel, load_hf_dir
 from export.ngram_bert import NgramBertConfig, NgramBertForSequenceClassification
@@ -199,3 +200,40 @@ def test_prune_recipe_without_a_trained_student_names_the_run_to_make_first(
     assert last.startswith("error: tokenizer path '") and last.endswith(
         "tb_logs/news16_distill_cpu/latest/export/vocab.txt' does not exist: run python -m recipes fit --config "
         "news16_distill_cpu.yaml first")
+
+
+BASELINE_ROW = {"variant": BASELINE, "format": "sklearn", "model": "TF-IDF char 1-2-grams + LinearSVC(C=0.5)",
+                "size_mb": 1.23, "parameters": 800_016, "accuracy": 0.7740, "macro_f1": 0.7702, "train_examples": 11200}
+
+
+def fake_export(folder: Path, baseline: dict[str, Any] | None) -> Path:
+    """What ``benchmarks/pruning.py`` reads of a run's export: its benchmark (with the baseline row when given: runs
+    benchmarked before it existed have none), manifest and model config."""
+    export_dir = folder / "export"
+    (export_dir / "pytorch").mkdir(parents=True)
+    variants = [{"variant": "pytorch_fp32", "accuracy": 0.7800, "size_mb": 9.1},
+                {"variant": "onnx_int8", "accuracy": 0.7769, "macro_f1": 0.7731, "size_mb": 2.5},
+                {"variant": "coreml", "size_mb": 4.6}, *([baseline] if baseline else [])]
+    (export_dir / "benchmark.json").write_text(json.dumps({"variants": variants}))
+    (export_dir / "manifest.json").write_text(json.dumps({"parameters": 2_345_678, "artifacts": {}}))
+    (export_dir / "pytorch" / "config.json").write_text("{}")
+    return export_dir
+
+
+def test_pruning_table_shows_the_baseline_and_each_runs_lead_over_it(tmp_path: Path) -> None:
+    from benchmarks.pruning import markdown, summarize
+
+    summaries = [summarize("no pruning", fake_export(tmp_path / "new", BASELINE_ROW)),
+                 summarize("old run", fake_export(tmp_path / "old", None))]
+    for summary in summaries:
+        summary["onnx_ms"] = {"int8": {32: 1.0, 128: 2.0}, "fp32": {32: 3.0, 128: 4.0}}
+    lines = markdown(summaries).splitlines()
+    assert "vs baseline fp32 / INT8 (pts)" in lines[0]
+    assert lines[2].startswith("| linear baseline: TF-IDF char 1-2-grams + LinearSVC(C=0.5) (scikit-learn, 1.23 MB) | "
+                               "800,016 |") and "| 0.7740 | 0.7740 | - |" in lines[2]
+    assert "| 0.7800 | 0.7769 | +0.60 / +0.29 |" in lines[3]
+    assert "| 0.7800 | 0.7769 | - / - |" in lines[4]  # a run benchmarked before the baseline row: no lead, no crash
+    assert summaries[0]["vs_baseline_points"]["int8"] == pytest.approx(0.29)
+    assert summaries[0]["baseline"]["accuracy"] == 0.7740 and summaries[1]["baseline"] is None
+    assert markdown(summaries[1:]).splitlines()[2] == "| linear baseline (not in these runs' benchmark.json) | " + \
+        " | ".join(["-"] * 12) + " |"

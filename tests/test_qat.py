@@ -17,6 +17,7 @@ import torch
 
 from callbacks import QuantizationAwareTraining, StaticInt8Export
 from export import EvalSet, ExportContext, ExportError, ShippedModel, read_manifest, start_manifest
+from export.baseline import BASELINE
 from export.coreml import count_ops, describe, load_spec
 from export.ngram_bert import NgramBertConfig, NgramBertForSequenceClassification
 from export.qat import (
@@ -243,3 +244,41 @@ def test_export_command_names_a_qat_checkpoints_files_qat(qat_run: dict[str, Any
     assert {"onnx_qat_int8", "coreml_qat_w8a8"} <= set(artifacts) and "onnx_ptq_int8" not in artifacts
     assert artifacts["onnx_qat_int8"]["accuracy"] == pytest.approx(qat_run["manifest"]["artifacts"]["onnx_qat_int8"][
         "accuracy"], abs=0.02)
+
+
+def fake_qat_export(folder: Path, with_baseline: bool) -> Path:
+    """What ``benchmarks/qat.py`` reads of a QAT run's export: its benchmark (the baseline row only when asked: runs
+    benchmarked before it existed have none) and manifest."""
+    export_dir = folder / "export"
+    export_dir.mkdir(parents=True)
+    variants: list[dict[str, Any]] = [{"variant": "pytorch_fp32", "accuracy": 0.7800},
+                                      {"variant": "onnx_int8", "accuracy": 0.7769, "size_mb": 2.5}]
+    if with_baseline:
+        variants.append({"variant": BASELINE, "model": "TF-IDF char 1-2-grams + LinearSVC(C=0.5)", "size_mb": 1.23,
+                         "accuracy": 0.7740, "macro_f1": 0.7702, "train_examples": 11200})
+    (export_dir / "benchmark.json").write_text(json.dumps({"variants": variants}))
+    artifacts = {"onnx_fp32": {"path": "model.onnx"}, "onnx_int8": {"path": "model.int8.onnx"},
+                 "onnx_qat_int8": {"path": "model.qat.onnx", "accuracy": 0.7790, "bytes": 2_600_000,
+                                   "parity_vs_fp32": {"agreement": 0.99}, "fp32_accuracy": 0.7800},
+                 "coreml_qat_w8a8": {"simulated_in_pytorch": {"accuracy": 0.7712}, "bytes": 2_700_000,
+                                     "activation_quantize_ops": 40, "weight_int8_ops": 20}}
+    (export_dir / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+    return export_dir
+
+
+def test_qat_table_shows_the_baseline_and_each_models_lead_over_it(tmp_path: Path) -> None:
+    from benchmarks.qat import markdown, static_figures, summarize, with_leads
+
+    rows = []
+    for name, with_baseline in (("QAT", True), ("old QAT run", False)):
+        export_dir = fake_qat_export(tmp_path / name, with_baseline)
+        row = with_leads(summarize(name, export_dir) | static_figures(export_dir, "onnx_qat_int8", "coreml_qat_w8a8"))
+        rows.append(row | {"p50_ms": {"dynamic": {32: 1.0, 128: 2.0}, "static": {32: 0.8, 128: 1.6}}})
+    lines = markdown(rows).splitlines()
+    assert "| vs baseline fp32 / dynamic / static / W8A8 (pts) |" in lines[0]
+    assert lines[2] == "| linear baseline: TF-IDF char 1-2-grams + LinearSVC(C=0.5) | 0.7740 | - | - | - | - | " \
+                       "1.23 (scikit-learn) | - | - |"
+    assert "| 0.7800 | 0.7769 | 0.7790 | 0.7712 | +0.60 / +0.29 / +0.50 / -0.28 |" in lines[3]
+    assert "| - / - / - / - |" in lines[4]  # a run benchmarked before the baseline row: no lead, no crash
+    assert rows[0]["vs_baseline_points"]["static"] == pytest.approx(0.50) and rows[1]["baseline"] is None
+    assert markdown(rows[1:]).splitlines()[2].startswith("| linear baseline (not in these runs' benchmark.json) | - |")
