@@ -93,9 +93,10 @@ class DistillationModule(L.LightningModule):
         trust_remote_code: Allow model code from the hub; off unless a recipe turns it on.
         linear_companion: When training ends, fit a linear model (an SVM or NB-SVM, alone or plus a Complement Naive
             Bayes, over TF-IDF) of the student's own tokens and bigrams into its graph
-            (``export.ngram_bert.LinearCompanion``) and add its scores to the best checkpoint's logits with the SVM
-            kind, C, members and weight of the best validation accuracy (weight 0 switches it off); needs an n-gram
-            student. On news16 it lifts the student past the linear baseline (docs/quality.md).
+            (``export.ngram_bert.LinearCompanion``) and add its scores to the best checkpoint's logits, at the weight
+            of the best validation accuracy (weight 0 switches it off); the SVM kind, C and members of the best
+            validation accuracy, or of the best 5-fold accuracy on the training split below 1,000 validation rows.
+            Needs an n-gram student. On news16 it lifts the student past the linear baseline (docs/quality.md).
     """
 
     def __init__(
