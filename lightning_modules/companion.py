@@ -383,6 +383,15 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
                            svm_kind=best.svm_kind, naive_bayes=best.naive_bayes)
 
 
+def announce(train_rows: int, validation_rows: int, svm_cs: tuple[float, ...] = SVM_C_GRID) -> str:
+    """One line before the fit: what it fits and how it will choose (cross-validation costs 5 x the fits)."""
+    candidates = len(SVM_KINDS) * len(svm_cs) * 2
+    how = (f"chosen on its {validation_rows:,} validation rows" if validation_rows >= MIN_VALIDATION_ROWS_TO_CHOOSE else
+           f"chosen by {CV_FOLDS}-fold cross-validation, as validation has fewer than "
+           f"{MIN_VALIDATION_ROWS_TO_CHOOSE:,} rows")
+    return f"fitting the linear companion: {candidates} candidates on {train_rows:,} training texts, {how}"
+
+
 def describe(report: CompanionReport) -> str:
     kind = "NB-SVM" if report.svm_kind == "nbsvm" else "SVM"
     naive_bayes = " + Complement NB" if report.naive_bayes else ""

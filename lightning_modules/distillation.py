@@ -17,7 +17,7 @@ from typing_extensions import override
 from export.files import write_json
 from lightning_modules import training
 from lightning_modules.batching import TextsData, padded_rows
-from lightning_modules.companion import attach_companion, describe, save_into_checkpoint
+from lightning_modules.companion import announce, attach_companion, describe, save_into_checkpoint
 from lightning_modules.encoders import PRESETS, EncoderSpec, build_classifier, fill_ngram_vocabulary
 from lightning_modules.errors import PocketbertError
 from lightning_modules.hub import distillation_offline_hint, load_tokenizer, resolve_pretrained, vocab_tokens
@@ -325,6 +325,7 @@ class DistillationModule(L.LightningModule):
         if self.trainer.is_global_zero:  # one fit; the other ranks take its result below
             train, val = datamodule.datasets["train"], datamodule.datasets["val"]
             val_tokens = self._pruned_eval_tokens("val") if self.pruned is not None else None  # in the pruned ids
+            rank_zero_info(announce(len(train.labels), len(val.labels)))
             report = attach_companion(self.model, train.tokens, train.labels,
                                       val.tokens if val_tokens is None else val_tokens, val.labels,
                                       pad_id=int(self.tokenizer.pad_token_id or 0), unknown_id=self._model_unknown_id(),

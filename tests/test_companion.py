@@ -29,6 +29,7 @@ from lightning_modules.companion import (
     SVM_KINDS,
     Candidate,
     LinearFit,
+    announce,
     attach_companion,
     calibrated_sum,
     choose_companion,
@@ -251,6 +252,9 @@ def test_cross_validation_chooses_on_a_small_validation_split_and_validation_on_
     assert choose_companion([unscored], validation_rows=4800) is unscored
     with pytest.raises(PocketbertError, match="not cross-validated"):
         choose_companion([unscored], validation_rows=300)
+    assert announce(1500, 300).endswith("12 candidates on 1,500 training texts, chosen by 5-fold cross-validation, "
+                                        "as validation has fewer than 1,000 rows")
+    assert announce(22398, 4800).endswith("chosen on its 4,800 validation rows")
 
 
 def test_weight_zero_when_the_companion_only_adds_noise() -> None:
@@ -303,6 +307,8 @@ def test_distillation_fits_the_companion_into_its_best_checkpoint(tmp_path: Path
     report = json.loads((Path(trainer.log_dir or "") / "companion.json").read_text())
     # one epoch at a tiny learning rate: the transformer is near chance, the companion must carry the sum
     assert report["companion_accuracy"] > 0.7 > report["student_accuracy"] and report["weight"] > 0
+    # 90 validation headlines: the linear model was chosen by cross-validation on the training split
+    assert report["cross_validated_accuracy"] > 0.7
     best = Path(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     exportable = load_exportable(best)
     num_labels = len(dm.label_names)
