@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.baseline import BASELINE, baseline_of
+from export.baseline import BASELINE, baseline_of, lead_points
 from export.evaluation import (
     EvalSet,
     Predictor,
@@ -222,7 +222,7 @@ def add_baseline(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> list[d
     """Append the baseline row and give every measured variant its accuracy lead over it, in points."""
     for row in rows:
         if "accuracy" in row:
-            row["lead_over_baseline_points"] = 100 * (row["accuracy"] - baseline["accuracy"])
+            row["lead_over_baseline_points"] = lead_points(row["accuracy"], baseline)
     return [*rows, baseline]
 
 

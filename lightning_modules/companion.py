@@ -276,12 +276,18 @@ class Candidate:
         return (-self.cross_validated_accuracy, *self.rank)
 
 
+def chooses_by_cross_validation(validation_rows: int) -> bool:
+    """Whether a validation split of ``validation_rows`` is too small to choose the linear model (the module docstring
+    says why)."""
+    return validation_rows < MIN_VALIDATION_ROWS_TO_CHOOSE
+
+
 def choose_companion(candidates: Sequence[Candidate], validation_rows: int) -> Candidate:
-    """The companion that ships: the best validation rank when validation has at least
-    ``MIN_VALIDATION_ROWS_TO_CHOOSE`` rows, else the best cross-validated accuracy (validation breaks its ties)."""
-    if validation_rows >= MIN_VALIDATION_ROWS_TO_CHOOSE:
-        return min(candidates, key=lambda candidate: candidate.rank)
-    return min(candidates, key=Candidate.cross_validated_key)
+    """The companion that ships: the best cross-validated accuracy (validation breaks its ties) when
+    :func:`chooses_by_cross_validation`, else the best validation rank."""
+    if chooses_by_cross_validation(validation_rows):
+        return min(candidates, key=Candidate.cross_validated_key)
+    return min(candidates, key=lambda candidate: candidate.rank)
 
 
 MemberSet = tuple[SvmKind, float, bool]  # (SVM kind, C, with the Naive Bayes member)
@@ -364,10 +370,9 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
     val_counts = feature_counts(model, val)
     logits, _ = student_and_companion(model, val, pad_id)  # the companion is still off: the transformer alone
     labels = val_labels.cpu().long()
-    small_validation = len(labels) < MIN_VALIDATION_ROWS_TO_CHOOSE
     candidates = companion_candidates(feature_counts(model, train, remap_train), train_labels.cpu().numpy(),
                                       val_counts, labels, logits, svm_cs, uninformative_columns(model, unknown_id),
-                                      cross_validate=small_validation)
+                                      cross_validate=chooses_by_cross_validation(len(labels)))
     best = choose_companion(candidates, len(labels))
     write_companion(model, best.fit)
     set_companion_weight(model, best.weight)
@@ -386,9 +391,9 @@ def attach_companion(model: PreTrainedModel, train: TokenizedTexts, train_labels
 def announce(train_rows: int, validation_rows: int, svm_cs: tuple[float, ...] = SVM_C_GRID) -> str:
     """One line before the fit: what it fits and how it will choose (cross-validation costs 5 x the fits)."""
     candidates = len(SVM_KINDS) * len(svm_cs) * 2
-    how = (f"chosen on its {validation_rows:,} validation rows" if validation_rows >= MIN_VALIDATION_ROWS_TO_CHOOSE else
-           f"chosen by {CV_FOLDS}-fold cross-validation, as validation has fewer than "
-           f"{MIN_VALIDATION_ROWS_TO_CHOOSE:,} rows")
+    how = (f"chosen by {CV_FOLDS}-fold cross-validation, as validation has fewer than "
+           f"{MIN_VALIDATION_ROWS_TO_CHOOSE:,} rows" if chooses_by_cross_validation(validation_rows) else
+           f"chosen on its {validation_rows:,} validation rows")
     return f"fitting the linear companion: {candidates} candidates on {train_rows:,} training texts, {how}"
 
 
