@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def _store_once(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def quantize_onnx_int8(source: Path, path: Path) -> None:
-    """ONNX Runtime dynamic quantization: int8 MatMul weights (per channel), activations quantized at run time."""
+def quantize_onnx_int8(source: Path, path: Path, op_types: Sequence[str] | None = None) -> None:
+    """ONNX Runtime dynamic quantization: int8 MatMul weights (per channel), activations quantized at run time, and
+    int8 embedding tables (``Gather``, one scale a table). ``op_types`` (e.g. ``["MatMul"]``) limits it to those ops;
+    the default is every op ONNX Runtime quantizes dynamically, as shipped."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -95,7 +98,8 @@ def quantize_onnx_int8(source: Path, path: Path) -> None:
         stripped = Path(folder) / "model.onnx"
         onnx.save(model, str(stripped))
         with atomic_path(path) as tmp, _quiet("root"):
-            quantize_dynamic(str(stripped), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(stripped), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=None if op_types is None else list(op_types))
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:

@@ -132,6 +132,19 @@ def assert_exports_match(classifier: torch.nn.Module, rows: list[list[int]], tmp
     assert coreml.graph_parity(program, shipped, examples, 64, 8)["max_abs_logit_diff"] < 1e-4
 
 
+def test_int8_quantizes_the_op_types_asked_for(tmp_path: Path) -> None:
+    """benchmarks/int8_breakdown.py quantizes the MatMuls or the tables alone; the default quantizes both."""
+    export_onnx(ShippedModel(model(), LABELS, [], 64), tmp_path / "model.onnx")
+    word_table = (21128, SPEC.hidden_size)
+    for op_types, integer_matmuls, int8_tables in ((None, True, True), (["MatMul"], True, False),
+                                                   (["Gather"], False, True)):
+        quantize_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", op_types)
+        graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+        assert ("MatMulInteger" in {node.op_type for node in graph.node}) == integer_matmuls, op_types
+        tables = [t for t in graph.initializer if tuple(t.dims) == word_table]
+        assert len(tables) == 1 and (tables[0].data_type != onnx.TensorProto.FLOAT) == int8_tables, op_types
+
+
 def test_bad_ngram_settings_are_one_line_errors() -> None:
     for bad, needle in ((EncoderSpec(ngram_orders=[1]), "ngram_orders must be between 2 and 4"),
                         (EncoderSpec(ngram_orders=[2], ngram_buckets=0), "ngram_buckets must be positive"),
