@@ -129,7 +129,8 @@ def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) 
                        "learning_rate": 2e-3, "dropout": 0.1, "weight_decay": 0.01, "warmup_ratio": 0.06,
                        "alpha": 0.2, "temperature": 1.0, "batch_size": 64, "max_length": 128, "max_epochs": 10,
                        "precision": "32-true", "seed": 42, "prune_vocab": True,
-                       "teacher": "TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5)"}
+                       "teacher": "TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5) + "
+                                  "TfidfTeacher(folds=5, nb_scaled=True)"}
     recipe["model"]["init_args"].pop("pretrained")
     recipe["model"]["init_args"]["preset"] = "mobilebert"
     recipe["model"]["init_args"]["teacher_checkpoint"] = "tb_logs/news16_cpu/latest/best.ckpt"
@@ -138,7 +139,8 @@ def test_student_and_mobilebert_columns_are_the_ones_that_apply(tmp_path: Path) 
     assert (mobilebert["num_layers"], mobilebert["hidden_size"]) == (24, 512)
     assert not {"pooling", "ngram_orders", "ngram_buckets", "embedding_size"} & set(mobilebert)
     assert mobilebert["teacher"] == (  # no pointer there
-        "tb_logs/news16_cpu/latest/best.ckpt + TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5)")
+        "tb_logs/news16_cpu/latest/best.ckpt + TfidfTeacher(folds=5) + NaiveBayesTeacher(folds=5) + "
+        "TfidfTeacher(folds=5, nb_scaled=True)")
     assert set(student) | set(mobilebert) <= set(VOCABULARY)
 
 
