@@ -42,6 +42,7 @@ from scipy import sparse
 from torch import nn
 from transformers import PreTrainedModel
 
+from export.baseline import nb_log_count_ratio
 from export.ngram_bert import HashedNgramEmbedding, LinearCompanion
 from lightning_modules.batching import padded_rows
 from lightning_modules.errors import PocketbertError
@@ -164,11 +165,7 @@ def fit_svm(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, svm_
         mine = labels == label
         if not mine.any() or mine.all():
             continue
-        ratio = np.ones(counts.shape[1])
-        if kind == "nbsvm":
-            p = np.asarray(present[mine].sum(axis=0)).ravel() + 1.0
-            q = np.asarray(present[~mine].sum(axis=0)).ravel() + 1.0
-            ratio = np.log((p / p.sum()) / (q / q.sum()))
+        ratio = nb_log_count_ratio(present, mine) if kind == "nbsvm" else np.ones(counts.shape[1])
         svm = LinearSVC(C=svm_c, random_state=0).fit(features.multiply(ratio).tocsr(), mine.astype(int))
         coef[label], intercept[label] = svm.coef_[0] * ratio, svm.intercept_[0]
     return LinearFit(coef, intercept, idf, svm_c)
