@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.baseline import read_baseline  # noqa: E402
-from export.files import read_manifest, write_json  # noqa: E402
+from export.files import write_json  # noqa: E402
 from export.personalization import pooled_features  # noqa: E402
-from lightning_modules.checkpoints import ExportableModel, load_exportable, split_examples  # noqa: E402
+from lightning_modules.checkpoints import ExportableModel, split_examples  # noqa: E402
 from lightning_modules.companion import WEIGHT_GRID  # noqa: E402
-from recipes.tools.config import instantiate, read_config  # noqa: E402
+from lightning_modules.errors import PocketbertError  # noqa: E402
+from recipes.tools.config import load_run  # noqa: E402
 from recipes.tools.parser import run_path  # noqa: E402
 
 
@@ -41,18 +42,15 @@ def split_logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> 
 def load_companion_run(run: Path) -> tuple[ExportableModel, Any, float | None]:
     """A run trained with ``linear_companion: true``: its exported student (best checkpoint), its DataModule (from the
     run's config) and the linear baseline's test accuracy from its ``benchmark.json`` (None without one). Exits with a
-    one-line error for a run trained without the companion."""
-    export_dir = run / "export"
-    checkpoint = read_manifest(export_dir).get("source_checkpoint")
-    if checkpoint is None:
-        sys.exit(f"error: {run} has no exported student ({export_dir}/manifest.json names no source_checkpoint); pass "
-                 "the run dir of a distillation recipe, e.g. tb_logs/news16_distill_cpu/latest")
-    exportable = load_exportable(checkpoint)
+    one-line error for a run without an exported student or trained without the companion."""
+    try:
+        exportable, datamodule, _ = load_run(run)
+    except PocketbertError as err:
+        sys.exit(f"error: {err}")
     if not getattr(exportable.model.config, "linear_companion", False):
         sys.exit(f"error: {run} was trained without linear_companion; train with "
                  "--model.init_args.linear_companion true")
-    datamodule, _ = instantiate(read_config(str(run / "config.yaml")))
-    baseline = read_baseline(export_dir)
+    baseline = read_baseline(run / "export")
     return exportable, datamodule, None if baseline is None else baseline.get("accuracy")
 
 

@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.evaluation import onnx_predictor, predict_all  # noqa: E402
-from export.files import read_manifest, write_json  # noqa: E402
+from export.files import write_json  # noqa: E402
 from export.onnx_export import onnx_session, quantize_onnx_int8  # noqa: E402
-from lightning_modules.checkpoints import load_exportable, split_examples  # noqa: E402
-from recipes.tools.config import instantiate, read_config  # noqa: E402
+from lightning_modules.checkpoints import split_examples  # noqa: E402
+from lightning_modules.errors import PocketbertError  # noqa: E402
+from recipes.tools.config import load_run  # noqa: E402
 from recipes.tools.parser import run_path  # noqa: E402
 
 VARIANTS: dict[str, list[str] | None] = {"int8, as shipped": None, "int8 MatMuls, fp32 tables": ["MatMul"],
@@ -36,15 +37,15 @@ VARIANTS: dict[str, list[str] | None] = {"int8, as shipped": None, "int8 MatMuls
 
 
 def breakdown(run: Path, folder: Path) -> list[dict[str, Any]]:
-    export_dir = run / "export"
-    manifest = read_manifest(export_dir)
+    try:
+        exportable, datamodule, manifest = load_run(run)
+    except PocketbertError as err:
+        sys.exit(f"error: {err}")
     entry = manifest.get("artifacts", {}).get("onnx_fp32")
     if entry is None:
-        sys.exit(f"error: {run} has no onnx_fp32 export ({export_dir}/manifest.json); pass the run dir of a recipe "
+        sys.exit(f"error: {run} has no onnx_fp32 export ({run}/export/manifest.json); pass the run dir of a recipe "
                  "that exports ONNX, e.g. tb_logs/news16_distill_cpu/latest")
-    source = export_dir / entry["path"]
-    exportable = load_exportable(manifest["source_checkpoint"])
-    datamodule, _ = instantiate(read_config(str(run / "config.yaml")))
+    source = run / "export" / entry["path"]
     splits = {split: split_examples(datamodule, split, exportable) for split in ("val", "test")}
     paths = {"fp32": source}
     for name, op_types in VARIANTS.items():

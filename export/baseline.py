@@ -62,24 +62,30 @@ class NbSvmClassifier:
 
     Args:
         C: Inverse regularization strength of each binary SVM.
+        nb_scaled: Scale by the log-count ratio (off: a plain one-vs-rest SVM, fitted the same way).
     """
 
-    def __init__(self, C: float = 0.5) -> None:
-        self.C = C
+    def __init__(self, C: float = 0.5, nb_scaled: bool = True) -> None:
+        self.C, self.nb_scaled = C, nb_scaled
         self.coef_ = np.zeros((0, 0))
         self.intercept_ = np.zeros(0)
 
-    def fit(self, features: Any, labels: np.ndarray) -> NbSvmClassifier:
+    def fit(self, features: Any, labels: np.ndarray, num_labels: int | None = None) -> NbSvmClassifier:
+        """``features``: (texts, features) sparse, non-negative; ``labels``: (texts,) ids below ``num_labels``
+        (default: the largest id + 1). A class without training texts (or with all of them) gets no weights and a low
+        intercept."""
         from sklearn.svm import LinearSVC
 
         present = (features > 0).astype(np.float64).tocsr()
-        num_labels = int(labels.max()) + 1
-        self.coef_ = np.zeros((num_labels, features.shape[1]), dtype=np.float32)
-        self.intercept_ = np.zeros(num_labels, dtype=np.float32)
+        num_labels = int(labels.max()) + 1 if num_labels is None else num_labels
+        self.coef_ = np.zeros((num_labels, features.shape[1]))
+        self.intercept_ = np.full(num_labels, -1.0)
         for label in range(num_labels):
             mine = labels == label
-            ratio = nb_log_count_ratio(present, mine)
-            svm = LinearSVC(C=self.C).fit(features.multiply(ratio).tocsr(), mine.astype(int))
+            if not mine.any() or mine.all():
+                continue
+            ratio = nb_log_count_ratio(present, mine) if self.nb_scaled else np.ones(features.shape[1])
+            svm = LinearSVC(C=self.C, random_state=0).fit(features.multiply(ratio).tocsr(), mine.astype(int))
             self.coef_[label], self.intercept_[label] = svm.coef_[0] * ratio, svm.intercept_[0]
         return self
 

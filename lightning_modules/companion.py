@@ -42,7 +42,7 @@ from scipy import sparse
 from torch import nn
 from transformers import PreTrainedModel
 
-from export.baseline import nb_log_count_ratio
+from export.baseline import NbSvmClassifier
 from export.ngram_bert import HashedNgramEmbedding, LinearCompanion
 from lightning_modules.batching import padded_rows
 from lightning_modules.errors import PocketbertError
@@ -150,25 +150,12 @@ def uninformative_columns(model: PreTrainedModel, unknown_id: int) -> list[int]:
 
 def fit_svm(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, svm_c: float,
             kind: SvmKind = "nbsvm", idf: np.ndarray | None = None) -> LinearFit:
-    """One-vs-rest ``LinearSVC(C=svm_c)`` on the TF-IDF of ``counts`` (training texts). For ``nbsvm`` class ``c``'s
-    features are first scaled by ``r = log((p / |p|) / (q / |q|))``, ``p`` (``q``) the add-one counts of texts of (not
-    of) ``c`` that have it, and ``coef`` folds ``r`` back in. A class without training texts gets no weights and a
-    low intercept. ``idf`` defaults to :func:`smooth_idf` of ``counts``."""
-    from sklearn.svm import LinearSVC
-
+    """One-vs-rest ``LinearSVC(C=svm_c)`` on the TF-IDF of ``counts`` (training texts): an NB-SVM for ``nbsvm``
+    (:class:`export.baseline.NbSvmClassifier`), a plain SVM for ``svm``. A class without training texts gets no weights
+    and a low intercept. ``idf`` defaults to :func:`smooth_idf` of ``counts``."""
     idf = smooth_idf(counts) if idf is None else idf
-    features = tfidf(counts, idf)
-    present = (counts > 0).astype(np.float64).tocsr()
-    coef = np.zeros((num_labels, counts.shape[1]))
-    intercept = np.full(num_labels, -1.0)
-    for label in range(num_labels):
-        mine = labels == label
-        if not mine.any() or mine.all():
-            continue
-        ratio = nb_log_count_ratio(present, mine) if kind == "nbsvm" else np.ones(counts.shape[1])
-        svm = LinearSVC(C=svm_c, random_state=0).fit(features.multiply(ratio).tocsr(), mine.astype(int))
-        coef[label], intercept[label] = svm.coef_[0] * ratio, svm.intercept_[0]
-    return LinearFit(coef, intercept, idf, svm_c)
+    classifier = NbSvmClassifier(svm_c, nb_scaled=kind == "nbsvm").fit(tfidf(counts, idf), labels, num_labels)
+    return LinearFit(classifier.coef_, classifier.intercept_, idf, svm_c)
 
 
 def fit_complement_nb(counts: sparse.csr_matrix, labels: np.ndarray, num_labels: int, alpha: float = NB_ALPHA,

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks import AppAssets, CoreMLExport, ExportBenchmark, OnnxExport, PyTorchExport, StaticInt8Export
 from export import Exporter
+from export.files import read_manifest
+from lightning_modules.checkpoints import ExportableModel, load_exportable
 from lightning_modules.errors import PocketbertError
 from recipes.cli import recipe_path
 
@@ -58,3 +60,16 @@ def instantiate(config: dict[str, Any]) -> tuple[L.LightningDataModule, list[Exp
     exporters: list[Exporter] = [c for c in callbacks if isinstance(c, Exporter)]
     exporters = exporters or [PyTorchExport(), OnnxExport(), CoreMLExport(), AppAssets(), ExportBenchmark()]
     return objects["data"], exporters
+
+
+def load_run(run: Path) -> tuple[ExportableModel, L.LightningDataModule, dict[str, Any]]:
+    """A finished run's exported student (the checkpoint its ``export/manifest.json`` names), the DataModule of the
+    run's ``config.yaml`` and the manifest: what the benchmarks that re-score a run start from."""
+    export_dir = run / "export"
+    manifest = read_manifest(export_dir)
+    checkpoint = manifest.get("source_checkpoint")
+    if checkpoint is None:
+        raise PocketbertError(f"{run} has no exported student ({export_dir}/manifest.json names no source_checkpoint); "
+                              "pass the run dir of a recipe that exports, e.g. tb_logs/news16_distill_cpu/latest")
+    datamodule, _ = instantiate(read_config(str(run / "config.yaml")))
+    return load_exportable(checkpoint), datamodule, manifest
