@@ -25,8 +25,8 @@ from lightning_modules.losses import distillation_loss, hidden_state_loss
 from lightning_modules.teacher_cache import (
     check_layer_map,
     check_same_teachers,
+    existing_checkpoint,
     load_matching_teacher,
-    load_teacher,
     teacher_batch_outputs,
 )
 from lightning_modules.teachers import CheckpointTeacher, LogitTeacher, TeacherData, ensemble_targets, teacher_summary
@@ -161,13 +161,21 @@ class DistillationModule(L.LightningModule):
         self.val_metrics = training.StageMetrics("val", self.label_names)
         self.test_metrics = training.StageMetrics("test", self.label_names)
 
+    def check_teachers(self) -> None:
+        """A one-line "train the teacher first" error for a teacher checkpoint that does not exist: the CLI calls it
+        before fit starts (before the data is tokenized), ``setup`` again for fits without the CLI."""
+        paths = [self.missing_teacher, *(teacher.checkpoint for teacher in self.extra_teachers
+                                        if isinstance(teacher, CheckpointTeacher))]
+        for path in paths:
+            if path is not None:
+                existing_checkpoint(path)
+
     # ---- data: pruning and the teacher's inputs ------------------------------------------------------------------
     @override
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        if self.missing_teacher is not None:
-            load_teacher(self.missing_teacher)  # raises its one-line "not found: train the teacher first" error
+        self.check_teachers()
         if self.teacher is None and not self.extra_teachers:
             raise PocketbertError("training a student needs model.init_args.teacher_checkpoint or teachers")
         datamodule = self._datamodule()

@@ -51,12 +51,19 @@ class Teacher:
         return self
 
 
-def load_teacher(path: Path) -> Teacher:
-    """Load a teacher from a pocketbert checkpoint (``weights_only``), frozen and in eval mode."""
-    path = resolve_run_path(path)  # the run a `latest` pointer names: the checkpoint records the real path
+def existing_checkpoint(path: Path) -> Path:
+    """The teacher checkpoint ``path`` names (a ``latest`` pointer resolved to its run: the checkpoint records the
+    real path), or a one-line error saying which recipe writes it."""
+    path = resolve_run_path(path)
     if not path.is_file():
         raise PocketbertError(f"teacher checkpoint {path} not found: train the teacher first ({run_hint(path)})"
-                              ", or set model.init_args.teacher_checkpoint")
+                              ", or point the teacher at an existing checkpoint")
+    return path
+
+
+def load_teacher(path: Path) -> Teacher:
+    """Load a teacher from a pocketbert checkpoint (``weights_only``), frozen and in eval mode."""
+    path = existing_checkpoint(path)
     exportable = load_exportable(path)
     model = exportable.model.eval()
     model.requires_grad_(False)

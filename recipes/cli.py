@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from callbacks import HParamsTable
 from export.files import write_text
 from lightning_modules.checkpoints import read_checkpoint
+from lightning_modules.distillation import DistillationModule
 from lightning_modules.errors import PocketbertError
 from lightning_modules.runs import resolve_run_path, run_dir_of_checkpoint
 from recipes import CONFIGS_DIR
@@ -114,6 +115,8 @@ class PocketbertCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_run_dir_writable()
+        if isinstance(self.model, DistillationModule):
+            self.model.check_teachers()  # before the data is tokenized: a missing teacher fails in seconds
         self._resolve_ckpt_path(self.trainer.logger)
 
     def _check_run_dir_writable(self) -> None:

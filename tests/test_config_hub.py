@@ -96,3 +96,17 @@ def test_label_lists_copied_across_recipes_agree() -> None:
     for train_file, variants in by_corpus.items():
         assert len(variants) == 1, f"{train_file}: recipes disagree on its labels: {variants}"
     assert list(next(iter(by_corpus["nlpcc2017/headlines.char.tsv"]))) == NEWS16
+
+
+def test_second_round_recipe_is_the_first_round_plus_its_student_as_teacher() -> None:
+    """thucnews10_born_again_cpu.yaml is thucnews10_distill_cpu.yaml with the first round's student added to its
+    teachers and its own run name: a change to one recipe that is not made to the other fails here."""
+    first, second = (yaml.safe_load((CONFIGS_DIR / f"thucnews10_{name}_cpu.yaml").read_text("utf-8"))
+                     for name in ("distill", "born_again"))
+    added = second["model"]["init_args"]["teachers"].pop()
+    assert added == {"class_path": "lightning_modules.CheckpointTeacher",
+                     "init_args": {"checkpoint": "tb_logs/thucnews10_distill_cpu/latest/best.ckpt", "weight": 2.0,
+                                   "calibrate": True}}
+    assert first["trainer"]["logger"]["init_args"].pop("name") == "thucnews10_distill_cpu"
+    assert second["trainer"]["logger"]["init_args"].pop("name") == "thucnews10_born_again_cpu"
+    assert second == first

@@ -107,6 +107,21 @@ def test_missing_pretrained_encoder_says_which_recipe_to_run_first(tmp_path: Pat
     assert not (tmp_path / "tb_logs").exists()  # nothing half-made
 
 
+def test_second_round_without_the_first_round_student_stops_before_the_data_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """thucnews10_born_again_cpu.yaml's teacher is thucnews10_distill_cpu.yaml's student: without it the run stops in
+    seconds saying which recipe to run, before tokenizing 70k titles (the check used to come after them)."""
+    monkeypatch.chdir(tmp_path)  # no tb_logs here; a tiny encoder stands in for the pretrained one
+    code = main(["fit", "--config", "thucnews10_born_again_cpu.yaml", "--model.init_args.pretrained", "null",
+                 "--model.init_args.preset", "tiny", "--model.init_args.linear_companion", "false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == ("error: teacher checkpoint tb_logs/thucnews10_distill_cpu/latest/best.ckpt not found: train "
+                       "the teacher first (python -m recipes fit --config thucnews10_distill_cpu.yaml), or point the "
+                       "teacher at an existing checkpoint")
+    assert not list(tmp_path.rglob("tokens-*.pt")) and not list(tmp_path.rglob("version_*"))
+
+
 def test_hub_distill_recipe_fails_fast_offline_naming_the_offline_recipe() -> None:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "recipes", "fit", "--config", "news16_distill.yaml"], cwd=REPO,
