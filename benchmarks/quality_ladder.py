@@ -13,7 +13,9 @@ benchmark measures what ships), tested on the same test split; seeds change the 
 7. + masked-LM pretraining (``<data>_pretrain_cpu.yaml`` then ``<data>_distill_cpu.yaml``: the shipped pipeline), with
    its exported ONNX INT8 file's accuracy;
 8. when the distillation recipe turns ``linear_companion`` on, rung 7 runs without it and this rung is the shipped
-   pipeline: + the linear companion (an NB-SVM in the student's graph).
+   pipeline: + the linear companion (an NB-SVM in the student's graph);
+9. when ``<data>_born_again_cpu.yaml`` exists (THUCNews-10), the shipped pipeline's last stage: a second round whose
+   teacher adds rung 8's student (its ``CheckpointTeacher`` pointed at that run's ``best.ckpt``) to the linear ones.
 
     NEWS_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_ladder.py --data news16 --seeds 42 --final-seeds 43
 
@@ -128,6 +130,7 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
     distilled["model"]["init_args"].pop("pretrained")
     distilled["model"]["init_args"]["linear_companion"] = False  # a rung of its own, after pretraining
     distilled["model"]["init_args"]["architecture"] = pretrain["model"]["init_args"]["architecture"]
+    second = recipe(f"{data}_born_again_cpu") if (RECIPES / f"{data}_born_again_cpu.yaml").is_file() else None
     teachers = " + ".join(t["class_path"].rsplit(".", 1)[-1] for t in student["model"]["init_args"]["teachers"])
     rungs = [("transformer from scratch, cross-entropy", "scratch", scratch),
              ("+ hashed bigram embeddings", "bigram", bigram),
@@ -139,9 +142,9 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
         rung_seeds = seeds + final_seeds if name == "teacher" else seeds
         accuracies = [test_accuracy(run(config, f"{data}_{name}", seed, out)) for seed in rung_seeds]
         rows.append({"rung": title, "accuracy": accuracies, "seeds": rung_seeds})
-    print("+ masked-LM pretraining" + (", then the linear companion" if companion else "") + " (the shipped pipeline):",
-          flush=True)
-    pretrained, shipped, int8 = [], [], []
+    print("+ masked-LM pretraining" + (", then the linear companion" if companion else "")
+          + (", then a second round" if second else "") + " (the shipped pipeline):", flush=True)
+    pretrained, shipped, second_round, int8 = [], [], [], []
     for seed in seeds + final_seeds:
         encoder = run(pretrain, f"{data}_pretrain", seed, out) / "pretrained"
         config = copy.deepcopy(student)
@@ -152,13 +155,24 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
             pretrained.append(test_accuracy(run(plain, f"{data}_pretrained", seed, out)))
         run_dir = run(config, f"{data}_shipped", seed, out)
         shipped.append(test_accuracy(run_dir))
+        if second is not None:
+            config = copy.deepcopy(second)
+            config["model"]["init_args"]["pretrained"] = str(encoder)
+            for teacher in config["model"]["init_args"]["teachers"]:
+                if teacher["class_path"].endswith(".CheckpointTeacher"):
+                    teacher["init_args"]["checkpoint"] = str(run_dir / "best.ckpt")
+            run_dir = run(config, f"{data}_second_round", seed, out)
+            second_round.append(test_accuracy(run_dir))
         benchmark = json.loads((run_dir / "export" / "benchmark.json").read_text())
         int8.append(next(row["accuracy"] for row in benchmark["variants"] if row["variant"] == "onnx_int8"))
     if companion:
         rows.append({"rung": "+ masked-LM pretraining", "accuracy": pretrained, "seeds": seeds + final_seeds})
-    rows.append({"rung": "+ the linear companion (shipped recipes), PyTorch" if companion
-                 else "+ masked-LM pretraining (shipped recipes), PyTorch", "accuracy": shipped,
+    first_round = "+ the linear companion" if companion else "+ masked-LM pretraining"
+    rows.append({"rung": f"{first_round}{'' if second else ' (shipped recipes)'}, PyTorch", "accuracy": shipped,
                  "seeds": seeds + final_seeds})
+    if second is not None:
+        title = "+ a second round: the first student beside the linear teachers (shipped recipes), PyTorch"
+        rows.append({"rung": title, "accuracy": second_round, "seeds": seeds + final_seeds})
     rows.append({"rung": "  the shipped ONNX INT8 file", "accuracy": int8, "seeds": seeds + final_seeds})
     for row in rows:
         row["mean"] = statistics.mean(row["accuracy"])
