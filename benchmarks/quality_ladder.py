@@ -156,12 +156,12 @@ def ladder(data: str, seeds: list[int], final_seeds: list[int], out: Path) -> li
         run_dir = run(config, f"{data}_shipped", seed, out)
         shipped.append(test_accuracy(run_dir))
         if second is not None:
-            config = copy.deepcopy(second)
-            config["model"]["init_args"]["pretrained"] = str(encoder)
-            for teacher in config["model"]["init_args"]["teachers"]:
+            second_config = copy.deepcopy(second)
+            second_config["model"]["init_args"]["pretrained"] = str(encoder)
+            for teacher in second_config["model"]["init_args"]["teachers"]:
                 if teacher["class_path"].endswith(".CheckpointTeacher"):
-                    teacher["init_args"]["checkpoint"] = str(run_dir / "best.ckpt")
-            run_dir = run(config, f"{data}_second_round", seed, out)
+                    teacher["init_args"]["checkpoint"] = str(run_dir / "best.ckpt")  # the first round's student
+            run_dir = run(second_config, f"{data}_second_round", seed, out)
             second_round.append(test_accuracy(run_dir))
         benchmark = json.loads((run_dir / "export" / "benchmark.json").read_text())
         int8.append(next(row["accuracy"] for row in benchmark["variants"] if row["variant"] == "onnx_int8"))
